@@ -1,0 +1,115 @@
+"""The engine's events and commands: small, picklable dataclasses.
+
+Events are past tense and flow from the engine to whoever watches it (the CLI
+printer, a UI process, metrics.jsonl). Commands are imperative and flow the
+other way. Nothing here imports mlx, so a UI can import this module freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of everything the engine reports."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_dir: str
+    total_steps: int
+    start_step: int
+    trainable_parameters: int
+    total_parameters: int
+    train_examples: int
+    valid_examples: int
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class StepReported(Event):
+    step: int
+    epoch: float
+    train_loss: float
+    learning_rate: float
+    tokens_per_second: float
+    trained_tokens: int
+    peak_memory_gb: float
+    seconds_elapsed: float
+
+
+@dataclass(frozen=True)
+class EvalReported(Event):
+    step: int
+    val_loss: float
+    seconds_taken: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    step: int
+    path: str
+    reason: str  # "periodic", "requested", "stop", "final", "best"
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    step: int
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    step: int
+
+
+@dataclass(frozen=True)
+class LogMessage(Event):
+    level: str  # "info" or "warning"
+    text: str
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    step: int
+    stopped_early: bool
+    final_train_loss: float | None
+    best_val_loss: float | None
+    adapter_path: str
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    step: int
+    reason: str
+    last_checkpoint: str | None = None
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base class of what a controller may ask of a running engine."""
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    pass
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    pass
+
+
+@dataclass(frozen=True)
+class Stop(Command):
+    """Stop at the next step boundary, saving a checkpoint first."""
+
+
+@dataclass(frozen=True)
+class SaveCheckpoint(Command):
+    pass
