@@ -77,7 +77,6 @@ class LogMessage(Event):
 class RunFinished(Event):
     step: int
     stopped_early: bool
-    final_train_loss: float | None
     best_val_loss: float | None
     adapter_path: str
 
