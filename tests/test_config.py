@@ -181,3 +181,12 @@ def test_round_trip_through_a_run_config(tmp_path):
 def test_every_field_has_a_doc():
     for key, f in config.LEAF_FIELDS.items():
         assert f.metadata.get("doc"), key
+
+
+def test_num_layers_zero_is_refused(tmp_path):
+    assert "lora.num_layers: must be an integer >= -1, not 0, got 0" in error_of(write(tmp_path, BASE + "lora:\n  num_layers: 0\n"))
+
+
+def test_config_reference_doc_is_in_sync():
+    doc = (config.REPO_ROOT / "docs" / "config.md").read_text()
+    assert doc == config.reference_markdown(), "regenerate with: python -m engine.config > docs/config.md"
