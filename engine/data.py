@@ -1,0 +1,495 @@
+"""Training data: read and check JSONL files, tokenize them, batch them.
+
+A data directory holds train.jsonl (required) and optionally valid.jsonl and
+test.jsonl: one JSON record per line, in one of mlx-lm's formats (chat,
+prompt/completion, text; see docs/data-formats.md). Every line is checked
+before anything trains and each problem names its file and line. Tokenizing
+reuses mlx-lm's dataset classes. Batching is plain numpy and a pure function of
+(seed, epoch), so a resumed run sees exactly the batches the first one would.
+mlx-lm is imported only inside `load_splits` (it pulls in transformers).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+SPLIT_NAMES = ("train", "valid", "test")
+FORMAT_KEYS = {"chat": ("messages",), "completions": ("prompt", "completion"), "text": ("text",)}
+FORMAT_LABELS = {"chat": "chat (messages)", "completions": "prompt/completion", "text": "text"}
+KNOWN_KEYS = ("messages", "prompt", "completion", "text", "tools")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_LISTED = 20  # problems a DataError lists before "and N more"
+PAD_TO = 8  # batch width is rounded up to a multiple of this
+CHUNK_BATCHES = 64  # examples are sorted by length within random chunks of this many batches
+LENGTH_JITTER = 0.1  # sort keys are lengths times U(1, 1 + this), so groups vary between epochs
+
+Log = Callable[[str, str], None]  # log(level, text), level "info" or "warning"
+Example = tuple[np.ndarray, int]  # (int32 tokens, offset: how many leading tokens are prompt)
+Problem = tuple[str, int, str]  # (file name, line or 0 for the whole file, what is wrong)
+
+
+class DataError(ValueError):
+    """Training data that cannot be used as it is; the CLI exits with code 2."""
+
+
+@dataclass
+class Split:
+    """One tokenized file. examples[i] came from line lines[i] of path."""
+
+    name: str
+    path: Path
+    format: str  # "chat", "completions" or "text"
+    examples: list[Example]
+    lines: list[int]
+
+
+# -- reading and checking ------------------------------------------------------
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise _DuplicateKey(next(key for key in keys if keys.count(key) > 1))
+    return dict(pairs)
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
+
+
+def _typo_hint(keys, known=KNOWN_KEYS) -> str:
+    for key in keys:
+        close = difflib.get_close_matches(str(key), [k for k in known if k not in keys], n=1, cutoff=0.6)
+        if close:
+            return f" ('{key}' looks like a typo of '{close[0]}')"
+    return ""
+
+
+def _parse_line(raw: bytes) -> tuple[dict | None, str | None]:
+    """One line -> (record, None) or (None, what is wrong)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+    if not text.strip():
+        return None, "blank line (every line must hold one JSON record)"
+    try:
+        record = json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON: {e.msg} (column {e.colno})"
+    except _DuplicateKey as e:
+        return None, f"key '{e}' appears twice"
+    if not isinstance(record, dict):
+        return None, f"the record is {_kind(record)}, not a JSON object {{...}}"
+    return record, None
+
+
+def _classify(record: dict) -> tuple[str | None, str | None]:
+    """Which format a record's keys say -> (format, None) or (None, what is wrong)."""
+    present = [f for f, keys in FORMAT_KEYS.items() if any(k in record for k in keys)]
+    if len(present) > 1:
+        keys = ", ".join(k for f in present for k in FORMAT_KEYS[f] if k in record)
+        return None, f"has keys of more than one format ({keys}); use messages, or prompt + completion, or text"
+    if not present:
+        found = ", ".join(map(repr, record)) or "none"
+        return None, f"no 'messages', 'prompt'/'completion' or 'text' key (keys: {found}){_typo_hint(list(record))}"
+    missing = [k for k in FORMAT_KEYS[present[0]] if k not in record]
+    if missing:
+        other = next(k for k in FORMAT_KEYS[present[0]] if k in record)
+        return None, f"has '{other}' but no '{missing[0]}'{_typo_hint(list(record))}"
+    return present[0], None
+
+
+def _check_string(value, what: str) -> str | None:
+    if not isinstance(value, str):
+        return f"{what} must be a string, got {_kind(value)}"
+    if not value.strip():
+        return f"{what} is empty"
+    return None
+
+
+def _check_message(m, i: int) -> str | None:
+    if not isinstance(m, dict):
+        return f"message {i} is {_kind(m)}, not an object"
+    if "role" not in m:
+        return f"message {i} has no 'role'{_typo_hint(list(m), ('role', 'content'))}"
+    if m["role"] not in ROLES:
+        close = difflib.get_close_matches(str(m["role"]), ROLES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"message {i} has unknown role {m['role']!r}{hint}; roles are {', '.join(ROLES)}"
+    if m["role"] == "assistant" and m.get("tool_calls") and not m.get("content"):
+        return None  # a tool-calling turn may have no text
+    if "content" not in m:
+        return f"message {i} has no 'content'{_typo_hint(list(m), ('role', 'content'))}"
+    return _check_string(m["content"], f"message {i} 'content'")
+
+
+def _check_fields(record: dict, fmt: str) -> str | None:
+    """What is wrong with the values of a record whose keys match fmt, or None."""
+    tools = record.get("tools")
+    if fmt != "text" and tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        return "'tools' must be an array of objects"
+    if fmt == "text":
+        return _check_string(record["text"], "'text'")
+    if fmt == "completions":
+        return _check_string(record["prompt"], "'prompt'") or _check_string(record["completion"], "'completion'")
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        return f"'messages' must be an array, got {_kind(messages)}"
+    if not messages:
+        return "'messages' is empty"
+    return next(filter(None, (_check_message(m, i) for i, m in enumerate(messages, 1))), None)
+
+
+def _scan(path: Path) -> tuple[list[tuple[int, dict]], str | None, list[Problem]]:
+    """Read and check one file -> (good (line, record) pairs, the file's format, problems).
+
+    The format is the one most records' keys match (the first seen wins a tie);
+    records of another format are problems, not silently misread.
+    """
+    name = path.name
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return [], None, [(name, 0, f"cannot read the file: {e.strerror}")]
+    if not raw.strip():
+        return [], None, [(name, 0, "the file is empty")]
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line
+    lines[0] = lines[0].removeprefix(b"\xef\xbb\xbf")  # a byte-order mark some editors write
+    problems: list[Problem] = []
+    typed: list[tuple[int, dict, str]] = []
+    for number, line in enumerate(lines, 1):
+        record, problem = _parse_line(line.removesuffix(b"\r"))
+        fmt, problem = _classify(record) if record is not None else (None, problem)
+        if problem:
+            problems.append((name, number, problem))
+        else:
+            typed.append((number, record, fmt))
+    if not typed:
+        return [], None, problems
+    file_format, votes = Counter(fmt for _, _, fmt in typed).most_common(1)[0]
+    good = []
+    for number, record, fmt in typed:
+        problem = _check_fields(record, fmt) if fmt == file_format else (
+            f"a {FORMAT_LABELS[fmt]} record, but this file holds {FORMAT_LABELS[file_format]} records "
+            f"({votes} of {len(lines)} lines); use one format per file"
+        )
+        if problem:
+            problems.append((name, number, problem))
+        else:
+            good.append((number, record))
+    return good, file_format, sorted(problems, key=lambda p: p[1])
+
+
+def _report(source: Path, problems: list[Problem], skip_invalid: bool, log: Log) -> None:
+    """Raise a DataError listing the problems, or (skip_invalid) log what is skipped.
+
+    Whole-file problems (line 0) always raise: skipping records cannot fix them.
+    """
+    fatal = [p for p in problems if p[1] == 0]
+    if fatal or (problems and not skip_invalid):
+        shown = fatal if skip_invalid else problems
+        listed = [f"  {p[0]}:{p[1]}: {p[2]}" if p[1] else f"  {p[0]}: {p[2]}" for p in shown[:MAX_LISTED]]
+        if len(shown) > MAX_LISTED:
+            listed.append(f"  and {len(shown) - MAX_LISTED} more")
+        head = f"{len(shown)} problem{'s' if len(shown) > 1 else ''} in the data in {source}:"
+        tail = [] if fatal else ["Fix these lines, or set data.skip_invalid=true to skip bad records."]
+        raise DataError("\n".join([head, *listed, *tail]))
+    for name in dict.fromkeys(p[0] for p in problems):
+        mine = [p for p in problems if p[0] == name]
+        first = "; ".join(f"line {p[1]}: {p[2]}" for p in mine[:3])
+        more = f"; and {len(mine) - 3} more" if len(mine) > 3 else ""
+        log("warning", f"{name}: skipped {len(mine)} bad line{'s' if len(mine) > 1 else ''} ({first}{more})")
+
+
+def load_records(path: Path, *, skip_invalid: bool = False, log: Log | None = None) -> tuple[list[dict], str]:
+    """Read one JSONL file -> (its good records, its format: "chat", "completions" or "text").
+
+    Bad lines raise a DataError listing them as file:line, or with skip_invalid
+    are left out and reported through log("warning", ...).
+    """
+    good, fmt, problems = _scan(Path(path))
+    if not good and not any(p[1] == 0 for p in problems):
+        problems.append((Path(path).name, 0, "no usable records (every line has a problem)"))
+    _report(Path(path), problems, skip_invalid, log or (lambda level, text: None))
+    return [record for _, record in good], fmt
+
+
+# -- tokenizing ----------------------------------------------------------------
+
+
+def _tokenize(name, good, fmt, tokenizer, mask_prompt, max_seq_length, log) -> tuple[list, list, list[Problem]]:
+    """Tokenize with mlx-lm's dataset classes; truncate; drop examples with no target token."""
+    from mlx_lm.tuner import datasets
+
+    records = [record for _, record in good]
+    if fmt == "chat":
+        dataset = datasets.ChatDataset(records, tokenizer, mask_prompt=mask_prompt)
+    elif fmt == "completions":
+        dataset = datasets.CompletionsDataset(records, tokenizer, "prompt", "completion", mask_prompt)
+    else:
+        dataset = datasets.TextDataset(records, tokenizer)
+    examples, lines, problems, truncated, dropped = [], [], [], 0, []
+    for number, record in good:
+        if mask_prompt and fmt == "chat" and len(record["messages"]) < 2:
+            problems.append((name, number, "train.mask_prompt is on, but a chat of one message has no prompt"))
+            continue
+        try:
+            tokens, offset = dataset.process(record)
+        except Exception as e:  # a chat template may raise on anything it dislikes
+            problems.append((name, number, f"could not tokenize: {type(e).__name__}: {e}"))
+            continue
+        if len(tokens) > max_seq_length:
+            truncated += 1
+            tokens = tokens[:max_seq_length]
+        if len(tokens) - max(offset, 1) <= 0:  # no j with offset <= j + 1 < length: see target_mask
+            dropped.append(number)
+            continue
+        examples.append((np.asarray(tokens, dtype=np.int32), int(offset)))
+        lines.append(number)
+    if truncated:
+        log("warning", f"{name}: {truncated} of {len(good)} records truncated to {max_seq_length} tokens")
+    if dropped:
+        shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
+        log("warning", f"{name}: dropped {len(dropped)} of {len(good)} records with nothing left to train on "
+            f"after prompt masking and truncation to {max_seq_length} tokens (lines {shown})")
+    return examples, lines, problems
+
+
+def load_splits(
+    data_dir: Path | str,
+    tokenizer,
+    *,
+    mask_prompt: bool = False,
+    max_seq_length: int = 2048,
+    skip_invalid: bool = False,
+    log: Log | None = None,
+    batch_size: int = 1,
+) -> dict[str, Split]:
+    """Check, tokenize and truncate train.jsonl (+ valid.jsonl, test.jsonl if present).
+
+    Returns {"train": Split, ...} for the files that exist. Every problem in
+    every file is gathered first and raised as one DataError; with skip_invalid
+    bad records are skipped and logged instead. Raises DataError too when the
+    train split has fewer than batch_size usable examples, or a split has none.
+    """
+    log = log or (lambda level, text: None)
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataError(f"data directory not found: {data_dir}")
+    if not data_dir.is_dir():
+        raise DataError(f"data must be a directory holding train.jsonl; {data_dir} is a file")
+    present = sorted(p.name for p in data_dir.iterdir() if p.suffix in (".jsonl", ".json") or "train" in p.name)
+    if not (data_dir / "train.jsonl").is_file():
+        found = f"; found: {', '.join(present)}" if present else "; the directory has no .jsonl files"
+        raise DataError(f"{data_dir}: train.jsonl not found (training data is required){found}")
+    expected = [f"{n}.jsonl" for n in SPLIT_NAMES]
+    for other in (p for p in present if p not in expected):
+        close = difflib.get_close_matches(other, expected, n=1, cutoff=0.5)
+        hint = f" (to use it, rename it to {close[0]})" if close else ""
+        log("warning", f"{other}: ignored; only {', '.join(expected)} are read{hint}")
+
+    scans = {n: _scan(data_dir / f"{n}.jsonl") for n in SPLIT_NAMES if (data_dir / f"{n}.jsonl").is_file()}
+    problems = [p for _, _, file_problems in scans.values() for p in file_problems]
+    for n, (good, fmt, _) in scans.items():
+        if not good and not any(p[0] == f"{n}.jsonl" and p[1] == 0 for p in problems):
+            problems.append((f"{n}.jsonl", 0, "no usable records (every line has a problem)"))
+        if mask_prompt and fmt == "text":
+            problems.append((f"{n}.jsonl", 0, "train.mask_prompt is on, but text records have no prompt to mask; "
+                             "use prompt/completion or chat records, or set train.mask_prompt=false"))
+    _report(data_dir, problems, skip_invalid, log)
+
+    splits, token_problems = {}, []
+    for n, (good, fmt, _) in scans.items():
+        examples, lines, bad = _tokenize(f"{n}.jsonl", good, fmt, tokenizer, mask_prompt, max_seq_length, log)
+        token_problems += bad
+        splits[n] = Split(n, data_dir / f"{n}.jsonl", fmt, examples, lines)
+    _report(data_dir, token_problems, skip_invalid, log)
+    if "valid" not in splits:
+        log("info", "no valid.jsonl: training without validation")
+    for n, split in splits.items():
+        if not split.examples:
+            raise DataError(f"{n}.jsonl: no usable records left after skipping and dropping (see the warnings above)")
+    if len(splits["train"].examples) < batch_size:
+        raise DataError(f"train.jsonl: {len(splits['train'].examples)} usable records, fewer than "
+                        f"train.batch_size={batch_size}; add records or lower train.batch_size")
+    return splits
+
+
+# -- batching ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One padded batch, laid out like mlx-lm's iterate_batches output.
+
+    tokens: int32 (B, L), each row an example padded with 0 on the right; L is
+        the longest row rounded up to a multiple of 8, at most max_seq_length.
+    lengths: int32 (B, 2), per row (offset, length): tokens[i, :length] is the
+        example and its first `offset` tokens are prompt (masked out of the loss).
+    indices: int64 (B,), which examples of the split the rows are.
+    num_target_tokens: how many targets count in the loss: target_mask(...).sum().
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    indices: np.ndarray
+    num_target_tokens: int
+
+
+def target_mask(lengths: np.ndarray, width: int) -> np.ndarray:
+    """Which targets count in the loss: bool (B, width - 1).
+
+    With inputs = tokens[:, :-1] and targets = tokens[:, 1:], target j predicts
+    token j + 1 and counts iff offset <= j + 1 <= length - 1: never a prompt
+    token (when masked) and never padding. (mlx-lm's default_loss uses
+    j + 1 <= length, which counts one padding token per row.)
+    """
+    positions = np.arange(1, width)
+    return (positions >= lengths[:, 0:1]) & (positions < lengths[:, 1:2])
+
+
+def make_batch(examples: Sequence[Example], indices: Sequence[int], max_seq_length: int) -> Batch:
+    """Pad the chosen examples into one Batch (rows longer than max_seq_length are cut)."""
+    rows = [examples[i] for i in indices]
+    longest = max(len(tokens) for tokens, _ in rows)
+    width = min(-(-longest // PAD_TO) * PAD_TO, max_seq_length)
+    tokens = np.zeros((len(rows), width), np.int32)
+    lengths = np.zeros((len(rows), 2), np.int32)
+    for r, (row, offset) in enumerate(rows):
+        n = min(len(row), width)
+        tokens[r, :n] = row[:n]
+        lengths[r] = (offset, n)
+    return Batch(tokens, lengths, np.asarray(indices, np.int64), int(target_mask(lengths, width).sum()))
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches of one epoch, as arrays of example indices; a pure function of its arguments.
+
+    Examples are shuffled with default_rng([seed, epoch]), sorted by (jittered)
+    length within chunks of CHUNK_BATCHES batches and cut into batches of
+    batch_size, so a batch holds examples of similar length; the batch order
+    is then shuffled. Every example appears in the epoch. When batch_size does
+    not divide the count, the last batch is filled up (wrapped) with examples
+    just before it in sorted order, so those few appear twice and every batch
+    is full: ceil(n / batch_size) batches in all.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    if n < batch_size:
+        raise DataError(f"{n} examples are fewer than batch_size={batch_size}")
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    keys = lengths[order] * rng.uniform(1.0, 1.0 + LENGTH_JITTER, n)
+    chunk = CHUNK_BATCHES * batch_size
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        order[part] = order[part][np.argsort(keys[part], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    if n % batch_size:
+        batches.append(order[n - batch_size :])
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _fingerprint(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for tokens, offset in examples:
+        digest.update(np.asarray([len(tokens), offset], np.int64).tobytes())
+        digest.update(np.ascontiguousarray(tokens, np.int32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class BatchStream:
+    """Training batches, epoch after epoch, from an explicit position.
+
+    position counts batches handed out so far; batch `position` is batch
+    position % batches_per_epoch of epoch position // batches_per_epoch (see
+    epoch_batches). state() records the position; a stream rebuilt with
+    from_state() or seek() yields exactly the batches the original would have.
+    """
+
+    def __init__(self, dataset: Split | Sequence[Example], batch_size: int, seed: int, max_seq_length: int):
+        self.examples = dataset.examples if isinstance(dataset, Split) else list(dataset)
+        self.batch_size, self.seed, self.max_seq_length = batch_size, seed, max_seq_length
+        self.lengths = np.array([len(tokens) for tokens, _ in self.examples])
+        if len(self.examples) < batch_size:
+            raise DataError(f"{len(self.examples)} training examples are fewer than batch_size={batch_size}")
+        self.batches_per_epoch = -(-len(self.examples) // batch_size)
+        self.position = 0
+        self.fingerprint = _fingerprint(self.examples)
+        self._epoch: tuple[int, list[np.ndarray]] | None = None
+
+    def locate(self, position: int | None = None) -> tuple[int, int]:
+        """position (default: the current one) -> (epoch, index of the batch in that epoch)."""
+        return divmod(self.position if position is None else position, self.batches_per_epoch)
+
+    def epochs_done(self) -> float:
+        """Epochs handed out so far, fractional (1.5 = one and a half)."""
+        return self.position / self.batches_per_epoch
+
+    def next(self) -> Batch:
+        """The batch at the current position; advances the position by one."""
+        epoch, index = self.locate()
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch))
+        self.position += 1
+        return make_batch(self.examples, self._epoch[1][index], self.max_seq_length)
+
+    def state(self) -> dict:
+        """JSON-serialisable: the position and what the order depends on."""
+        return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size,
+                "num_examples": len(self.examples), "fingerprint": self.fingerprint}
+
+    def seek(self, state: dict) -> None:
+        """Move to a position saved by state(); DataError if the order would differ."""
+        if not isinstance(state, dict) or not isinstance(state.get("position"), int) or state["position"] < 0:
+            raise DataError(f"cannot resume the data order: no valid position in {state!r}")
+        mine = self.state()
+        for key, what in (("seed", "seed"), ("batch_size", "batch_size"), ("num_examples", "number of training examples")):
+            if key in state and state[key] != mine[key]:
+                raise DataError(f"cannot resume the data order: {what} was {state[key]}, now {mine[key]}")
+        if state.get("fingerprint", mine["fingerprint"]) != mine["fingerprint"]:
+            raise DataError("cannot resume the data order: the training examples changed since the checkpoint")
+        self.position = state["position"]
+
+    @classmethod
+    def from_state(cls, dataset: Split | Sequence[Example], state: dict, max_seq_length: int) -> BatchStream:
+        """A stream with the seed and batch_size of `state`, at its position."""
+        stream = cls(dataset, state["batch_size"], state["seed"], max_seq_length)
+        stream.seek(state)
+        return stream
+
+
+def eval_batches(split: Split | Sequence[Example], batch_size: int, max_seq_length: int, num_batches: int = -1) -> Iterator[Batch]:
+    """Batches for evaluation, the same every call; the last may hold fewer than batch_size.
+
+    num_batches=-1 covers every example once. Otherwise the first
+    num_batches * batch_size examples of a fixed shuffle (seed 0) are used, so
+    a partial evaluation is a fair sample, not the shortest records. Examples
+    are sorted by length to cut padding; the order does not change a
+    token-weighted loss.
+    """
+    examples = split.examples if isinstance(split, Split) else list(split)
+    chosen = np.arange(len(examples))
+    if 0 <= num_batches and num_batches * batch_size < len(examples):
+        chosen = np.random.default_rng(0).permutation(len(examples))[: num_batches * batch_size]
+    lengths = np.array([len(examples[i][0]) for i in chosen], dtype=np.int64)
+    chosen = chosen[np.argsort(lengths, kind="stable")]
+    for start in range(0, len(chosen), batch_size):
+        yield make_batch(examples, chosen[start : start + batch_size], max_seq_length)
