@@ -1,0 +1,177 @@
+"""`lora-mlx`: the command line.
+
+  lora-mlx train PRESET_OR_PATH [--set KEY=VALUE ...] [--run-dir DIR] [--stop-at STEP]
+  lora-mlx resume RUN_DIR [--set KEY=VALUE ...] [--stop-at STEP]
+  lora-mlx doctor
+
+Exit codes: 0 done (or stopped on request), 1 training failed, 2 bad config,
+data, model or checkpoint, 130 aborted with a second Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from engine import protocol as P
+from engine.config import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ABORTED = 0, 1, 2, 130
+
+
+class Printer:
+    """Turns engine events into one readable line each on stdout."""
+
+    def __init__(self, stream=sys.stdout):
+        self.stream = stream
+        self.total = 0
+        self.start_step = 0
+        self.started = time.monotonic()
+        self.failure_shown = False
+
+    def __call__(self, event: P.Event) -> None:
+        line = self.format(event)
+        if line:
+            print(line, file=self.stream, flush=True)
+
+    def format(self, e: P.Event) -> str | None:
+        if isinstance(e, P.RunStarted):
+            self.total, self.start_step, self.started = e.total_steps, e.start_step, time.monotonic()
+            what = f"resuming at step {e.start_step}" if e.resumed_from else "starting"
+            return (
+                f"{what}: {e.total_steps} steps, {e.train_examples} train / {e.valid_examples} valid examples, "
+                f"{e.trainable_parameters / 1e6:.3f}M of {e.total_parameters / 1e6:.3f}M parameters trainable\n"
+                f"run dir: {e.run_dir}"
+            )
+        if isinstance(e, P.StepReported):
+            done = e.step - self.start_step
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / done * (self.total - e.step) if done else 0
+            width = len(str(self.total))
+            return (
+                f"step {e.step:>{width}}/{self.total}  loss {e.train_loss:7.4f}  lr {e.learning_rate:.2e}  "
+                f"{e.tokens_per_second:8.0f} tok/s  peak {e.peak_memory_gb:.2f} GB  epoch {e.epoch:.2f}  "
+                f"ETA {_clock(eta)}"
+            )
+        if isinstance(e, P.EvalReported):
+            return f"eval at step {e.step}: val_loss {e.val_loss:.4f} ({e.seconds_taken:.1f} s)"
+        if isinstance(e, P.CheckpointSaved):
+            return f"checkpoint ({e.reason}) at step {e.step}: {e.path}"
+        if isinstance(e, P.Paused):
+            return f"paused at step {e.step}"
+        if isinstance(e, P.Resumed):
+            return f"resumed at step {e.step}"
+        if isinstance(e, P.LogMessage):
+            return f"warning: {e.text}" if e.level == "warning" else e.text
+        if isinstance(e, P.RunFinished):
+            best = f", best val_loss {e.best_val_loss:.4f}" if e.best_val_loss is not None else ""
+            verb = "stopped" if e.stopped_early else "finished"
+            return f"{verb} at step {e.step}{best}; adapters: {e.adapter_path}"
+        if isinstance(e, P.RunFailed):
+            self.failure_shown = True
+            tail = f"\nlast checkpoint: {e.last_checkpoint}" if e.last_checkpoint else ""
+            return f"run failed at step {e.step}: {e.reason}{tail}"
+        return None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+def _install_stop_handlers(control) -> None:
+    """First Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; a second Ctrl-C aborts."""
+
+    def on_signal(signum, frame):
+        if control.stop_requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+        control.submit(P.Stop())
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-mlx", description="LoRA, DoRA and full fine-tuning on MLX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a preset (a name in presets/ or a YAML path)")
+    train.add_argument("preset", help="preset name (e.g. demo) or path to a YAML file")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.iters=200")
+    train.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/PRESET-TIMESTAMP)")
+    train.add_argument("--stop-at", type=int, metavar="STEP", help="save a checkpoint at STEP and exit 0")
+
+    resume = sub.add_parser("resume", help="continue a run from its newest checkpoint")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change e.g. train.iters (only keys that keep the trajectory)")
+    resume.add_argument("--stop-at", type=int, metavar="STEP")
+
+    sub.add_parser("doctor", help="check the machine: backend, BLAS speed, memory")
+    return parser
+
+
+def _prepare_engine_process() -> None:
+    """Fast BLAS before mlx loads; keep library chatter off the terminal."""
+    from engine import blas
+
+    info = blas.setup()
+    for warning in info.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _prepare_engine_process()
+    if args.command == "doctor":
+        from engine.doctor import run_doctor
+
+        return run_doctor()
+
+    from engine import checkpoint, config, models, run
+    from engine.data import DataError
+    from engine.trainer import Control
+
+    printer = Printer()
+    control = Control()
+    try:
+        if args.command == "train":
+            cfg = config.load(args.preset, args.overrides)
+            name = Path(config.resolve_preset(args.preset)).stem
+            run_dir = args.run_dir or run.new_run_dir(name)
+            _check_stop_at(args.stop_at, cfg.train.iters)
+            _install_stop_handlers(control)
+            run.start(cfg, run_dir, printer, control, stop_at=args.stop_at)
+        else:
+            _install_stop_handlers(control)
+            run.resume(args.run_dir, printer, control, args.overrides, stop_at=args.stop_at)
+        return EXIT_OK
+    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError) as e:
+        if not printer.failure_shown:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("aborted; the last checkpoint is intact", file=sys.stderr)
+        return EXIT_ABORTED
+    except Exception:
+        if not printer.failure_shown:
+            traceback.print_exc()
+        return EXIT_FAILED
+
+
+def _check_stop_at(stop_at: int | None, iters: int) -> None:
+    if stop_at is not None and not 1 <= stop_at <= iters:
+        raise ConfigError(f"--stop-at {stop_at}: must be between 1 and train.iters ({iters})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

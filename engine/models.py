@@ -1,0 +1,78 @@
+"""Finding and loading the base model: builtin, local directory, or hub id.
+
+Loading itself is mlx-lm's (`mlx_lm.utils.load`). What this module adds is a
+clear answer to "where does this model come from", and a fast, readable
+failure when it cannot be had (a typo in a path, or a hub id while offline).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+class ModelError(ValueError):
+    """The model cannot be found or loaded; the CLI exits with code 2."""
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def resolve(model: str) -> Path:
+    """Return the local directory holding `model`, downloading a hub id if online."""
+    if model.startswith("builtin:"):
+        from engine.tiny import ensure_builtin
+
+        return ensure_builtin(model)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"model '{model}': directory has no config.json (expected a Hugging Face / mlx-lm model folder)")
+        return path
+    if path.is_absolute() or model.startswith((".", "~")) or path.exists():
+        raise ModelError(f"model '{model}': no such directory")
+    return _from_hub(model)
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=DEFAULT_ALLOW_PATTERNS))
+    except HFValidationError as e:
+        raise ModelError(f"model '{repo_id}': not a local directory, and not a valid hub id ({e})") from None
+    except Exception:  # not in the local cache, or only partly there
+        pass
+    if not _hub_reachable():
+        raise ModelError(
+            f"model '{repo_id}': not found locally, and the hub is unreachable. "
+            "Download it once while online (huggingface-cli download REPO), or point 'model' at a local directory."
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=DEFAULT_ALLOW_PATTERNS))
+    except Exception as e:  # RepositoryNotFoundError, GatedRepoError, network drops
+        raise ModelError(f"model '{repo_id}': download from the hub failed: {type(e).__name__}: {e}") from None
+
+
+def load(model: str):
+    """Load (model, tokenizer, model_dir) with mlx-lm."""
+    from mlx_lm.utils import load as mlx_lm_load
+
+    model_dir = resolve(model)
+    try:
+        loaded, tokenizer = mlx_lm_load(str(model_dir))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise ModelError(f"model '{model}' ({model_dir}): cannot be loaded by mlx-lm: {e}") from None
+    return loaded, tokenizer, model_dir
