@@ -90,6 +90,45 @@ class RunFailed(Event):
 
 
 @dataclass(frozen=True)
+class MemorySampled(Event):
+    """A few times a second while a run is active; every value in GB (limit 0.0 when none is set)."""
+
+    active_gb: float
+    peak_gb: float
+    cache_gb: float
+    rss_gb: float
+    system_used_gb: float
+    system_available_gb: float
+    system_total_gb: float
+    swap_used_gb: float
+    limit_gb: float
+
+
+@dataclass(frozen=True)
+class EngineGone(Event):
+    """Said by the client side, never by the engine: the engine process ended without a final event."""
+
+    exit_code: int | None
+    log_tail: list[str]
+    last_checkpoint: str | None
+
+
+EVENT_TYPES = {
+    cls.__name__: cls
+    for cls in (
+        RunStarted, StepReported, EvalReported, CheckpointSaved, Paused, Resumed,
+        LogMessage, RunFinished, RunFailed, MemorySampled, EngineGone,
+    )
+}
+
+
+def event_from_dict(d: dict) -> Event:
+    """Rebuild an event from `Event.to_dict()` (the wire format is JSON, never pickle)."""
+    fields = dict(d)
+    return EVENT_TYPES[fields.pop("type")](**fields)
+
+
+@dataclass(frozen=True)
 class Command:
     """Base class of what a controller may ask of a running engine."""
 
@@ -112,3 +151,6 @@ class Stop(Command):
 @dataclass(frozen=True)
 class SaveCheckpoint(Command):
     pass
+
+
+COMMAND_TYPES = {cls.__name__: cls for cls in (Pause, Resume, Stop, SaveCheckpoint)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable
 import yaml
 
 from engine import checkpoint, config as config_mod, protocol as P
+from engine.metrics import MetricsLog
 from engine.config import Config, ConfigError
 
 def default_runs_root() -> Path:
@@ -57,50 +57,6 @@ class RunRecord:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.path)
-
-
-class MetricsLog:
-    """Appends every event to metrics.jsonl, train and eval lines in the documented shape."""
-
-    def __init__(self, run_dir: Path):
-        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
-
-    def write(self, event: P.Event) -> None:
-        if isinstance(event, P.StepReported):
-            line = {
-                "event": "train",
-                "step": event.step,
-                "train_loss": event.train_loss,
-                "learning_rate": event.learning_rate,
-                "tokens_per_second": event.tokens_per_second,
-                "trained_tokens": event.trained_tokens,
-                "peak_memory_gb": event.peak_memory_gb,
-                "epoch": event.epoch,
-            }
-        elif isinstance(event, P.EvalReported):
-            line = {"event": "eval", "step": event.step, "val_loss": event.val_loss}
-        else:
-            fields = event.to_dict()
-            fields.pop("type")
-            line = {"event": _event_name(event), **fields}
-        line["time"] = time.time()
-        self.file.write(json.dumps(line, allow_nan=True) + "\n")
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _event_name(event: P.Event) -> str:
-    names = {
-        P.RunStarted: "started",
-        P.CheckpointSaved: "checkpoint",
-        P.Paused: "paused",
-        P.Resumed: "resumed",
-        P.LogMessage: "log",
-        P.RunFinished: "finished",
-        P.RunFailed: "failed",
-    }
-    return names[type(event)]
 
 
 def adapter_config(cfg: Config, num_layers: int, model_dir: Path) -> dict:

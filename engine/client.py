@@ -1,0 +1,192 @@
+"""Starting, finding and talking to detached engine processes. No mlx here.
+
+The dashboard and `lora-mlx runs` / `attach` use this module. An engine runs in
+its own session with its output in RUN_DIR/engine.log; `EngineClient` connects
+to its socket, receives the run's history and then live events, and sends
+commands. When the engine process ends without a final event (killed, crashed,
+out of memory), `receive` reports `EngineGone` with what is known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from engine import config as config_mod, protocol as P
+from engine.server import connect, encode
+
+ACTIVE = ("starting", "loading", "running", "paused")
+
+
+ENGINE_COMMAND = (sys.executable, "-m", "engine.host")
+
+
+def launch(mode: str, run_dir: Path, stop_at: int | None = None, engine: tuple[str, ...] = ENGINE_COMMAND) -> subprocess.Popen:
+    """Start `python -m engine.host MODE RUN_DIR` detached from this terminal.
+
+    `engine` replaces the command (tests pass a fake engine that speaks the same protocol).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    command = [*engine, mode, str(run_dir)]
+    if stop_at is not None:
+        command += ["--stop-at", str(stop_at)]
+    with open(run_dir / "engine.log", "ab") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: no SIGHUP when the terminal goes
+            cwd=str(config_mod.REPO_ROOT),
+        )
+
+
+def start_run(cfg: config_mod.Config, run_dir: Path, engine: tuple[str, ...] = ENGINE_COMMAND) -> subprocess.Popen:
+    """Write the run's config and launch an engine on it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
+    return launch("start", run_dir, engine=engine)
+
+
+def read_record(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def log_tail(run_dir: Path, lines: int = 15) -> list[str]:
+    try:
+        text = (Path(run_dir) / "engine.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    status: str  # starting, loading, running, paused, finished, stopped, failed, died
+    step: int | None
+    total_steps: int | None
+    best_val_loss: float | None
+    updated_at: str | None
+
+
+def run_status(run_dir: Path) -> RunInfo:
+    """A run's state; an active status whose process is gone reads as 'died'."""
+    record = read_record(run_dir)
+    status = record.get("status", "unknown")
+    if status in ACTIVE and not pid_alive(record.get("pid")):
+        status = "died"
+    return RunInfo(Path(run_dir), status, record.get("step"), record.get("total_steps"), record.get("best_val_loss"), record.get("updated_at"))
+
+
+def list_runs(root: Path) -> list[RunInfo]:
+    """Every run under root (folders with a run.json), newest first."""
+    if not Path(root).is_dir():
+        return []
+    dirs = [p.parent for p in Path(root).glob("*/run.json")]
+    return [run_status(d) for d in sorted(dirs, key=lambda d: (d / "run.json").stat().st_mtime, reverse=True)]
+
+
+class EngineClient:
+    """One connection to one run's engine; not thread-safe (one bridge thread owns it)."""
+
+    FINAL = (P.RunFinished, P.RunFailed)
+
+    def __init__(self, run_dir: Path, process: subprocess.Popen | None = None):
+        self.run_dir = Path(run_dir).resolve()
+        self.process = process
+        self.conn: Connection | None = None
+        self.finished = False  # a final event arrived; the engine's exit is expected
+
+    def connect(self, timeout_s: float = 30.0) -> None:
+        """Wait for the engine's socket (it opens before the model loads)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.conn = connect(self.run_dir)
+                return
+            except ConnectionError:
+                if self._exited() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _exited(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is not None
+        return not pid_alive(read_record(self.run_dir).get("pid"))
+
+    def receive(self, timeout_s: float) -> list[P.Event]:
+        """Events that arrive within timeout_s (all that are waiting, without blocking further)."""
+        if self.conn is None:
+            return [self._gone()] if not self.finished else []
+        events: list[P.Event] = []
+        try:
+            if not self.conn.poll(timeout_s):
+                return events
+            # Drain what is already on its way (a history replay arrives as a burst), within reason.
+            while len(events) < 5000 and self.conn.poll(0.005):
+                event = P.event_from_dict(json.loads(self.conn.recv_bytes()))
+                self.finished = self.finished or isinstance(event, self.FINAL)
+                events.append(event)
+        except (EOFError, OSError):
+            self.conn.close()
+            self.conn = None
+            if not self.finished:
+                events.append(self._gone())
+        return events
+
+    def _gone(self) -> P.EngineGone:
+        exit_code = None
+        if self.process is not None:
+            try:
+                exit_code = self.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        record = read_record(self.run_dir)
+        if exit_code is None:
+            exit_code = record.get("exit_code")
+        self.finished = True
+        return P.EngineGone(exit_code=exit_code, log_tail=log_tail(self.run_dir), last_checkpoint=record.get("last_checkpoint"))
+
+    def send(self, command: P.Command) -> bool:
+        """Send a command; False when the engine is no longer there."""
+        if self.conn is None:
+            return False
+        try:
+            self.conn.send_bytes(encode(command))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def close(self) -> None:
+        """Detach: the engine keeps running."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
