@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--stop-at", type=int, metavar="STEP")
 
     sub.add_parser("doctor", help="check the machine: backend, BLAS speed, memory")
+
+    runs = sub.add_parser("runs", help="list runs and their state")
+    runs.add_argument("--root", type=Path, help="folder holding runs (default: $LORA_MLX_RUNS or ./runs)")
     return parser
 
 
@@ -129,8 +132,28 @@ def _prepare_engine_process() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def list_runs(root: Path | None) -> int:
+    from engine import client
+
+    root = root or client.default_runs_root()
+    runs = client.list_runs(root)
+    if not runs:
+        print(f"no runs under {root}")
+        return EXIT_OK
+    print(f"{'RUN':<40} {'STATUS':<9} {'STEP':>11} {'BEST VAL':>9}  UPDATED")
+    for r in runs:
+        step = f"{r.step or 0}/{r.total_steps or '?'}"
+        best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
+        print(f"{str(r.run_dir):<40} {r.status:<9} {step:>11} {best:>9}  {r.updated_at or '-'}")
+        if r.status in ("died", "stopped", "failed"):
+            print(f"{'':<40} continue with: lora-mlx resume {r.run_dir}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "runs":
+        return list_runs(args.root)
     _prepare_engine_process()
     if args.command == "doctor":
         from engine.doctor import run_doctor

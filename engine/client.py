@@ -24,6 +24,11 @@ from engine.server import connect, encode
 ACTIVE = ("starting", "loading", "running", "paused")
 
 
+def default_runs_root() -> Path:
+    """Where runs go: $LORA_MLX_RUNS, else ./runs."""
+    return Path(os.environ.get("LORA_MLX_RUNS", "runs")).expanduser()
+
+
 ENGINE_COMMAND = (sys.executable, "-m", "engine.host")
 
 
@@ -140,7 +145,8 @@ class EngineClient:
     def _exited(self) -> bool:
         if self.process is not None:
             return self.process.poll() is not None
-        return not pid_alive(read_record(self.run_dir).get("pid"))
+        pid = read_record(self.run_dir).get("pid")
+        return pid is not None and not pid_alive(pid)  # no pid yet: still starting
 
     def receive(self, timeout_s: float) -> list[P.Event]:
         """Events that arrive within timeout_s (all that are waiting, without blocking further)."""

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     control = Control()
     printer = Printer(sys.stdout)
     server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
+    from engine.run import RunRecord
+
+    record = RunRecord(run_dir)
+    record.update(pid=os.getpid(), socket=server.address, status="starting")
 
     from engine import blas
 
@@ -59,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     from engine import checkpoint, models, run
     from engine.config import ConfigError
     from engine.data import DataError
-
-    record = run.RunRecord(run_dir)
-    record.update(pid=os.getpid(), socket=server.address, status="starting")
     signal.signal(signal.SIGTERM, lambda *_: control.submit(P.Stop()))
 
     def emit(event: P.Event) -> None:

@@ -24,12 +24,9 @@ from typing import Callable
 import yaml
 
 from engine import checkpoint, config as config_mod, protocol as P
+from engine.client import default_runs_root
 from engine.metrics import MetricsLog
 from engine.config import Config, ConfigError
-
-def default_runs_root() -> Path:
-    return Path(os.environ.get("LORA_MLX_RUNS", "runs")).expanduser()
-
 
 def new_run_dir(preset_name: str, root: Path | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
