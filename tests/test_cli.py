@@ -1,0 +1,104 @@
+"""`lora-mlx` as a user runs it: real subprocesses, exit codes, and the messages on screen."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine import config
+
+FAST = ["--set", "train.max_seq_length=64", "--set", "train.steps_per_report=1", "--set", "train.steps_per_eval=1000"]
+
+
+def lora_mlx(*args, env_extra=None, timeout=180):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=config.REPO_ROOT, env=env, timeout=timeout,
+    )
+
+
+def test_train_stop_at_then_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    first = lora_mlx("train", "demo", *FAST, "--set", "train.iters=6", "--run-dir", run_dir, "--stop-at", "3")
+    assert first.returncode == 0, first.stderr
+    assert "checkpoint (stop) at step 3" in first.stdout
+    assert "stopped at step 3" in first.stdout
+    second = lora_mlx("resume", run_dir)
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 3" in second.stdout and "finished at step 6" in second.stdout
+    # Nothing from mlx-lm's rich console UI reaches the terminal.
+    for out in (first.stdout + first.stderr, second.stdout + second.stderr):
+        assert "╭" not in out and "Iter" not in out and "Traceback" not in out
+    assert (run_dir / "adapters" / "adapters.safetensors").exists()
+
+
+def test_config_error_exits_2_with_the_message(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model: builtin:tiny\ndata: d\ntrain:\n  itres: 5\n")
+    result = lora_mlx("train", preset)
+    assert result.returncode == 2
+    assert f"{preset}:4: train.itres: unknown key (did you mean 'train.iters'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_error_exits_2_before_training(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model: builtin:tiny\ndata: data\n")
+    result = lora_mlx("train", preset, "--run-dir", tmp_path / "run")
+    assert result.returncode == 2
+    assert "train.jsonl:2" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_offline_hub_id_fails_fast_with_a_clear_message(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"model: mlx-community/Qwen2.5-0.5B-Instruct-4bit\ndata: {config.REPO_ROOT / 'presets/data/demo'}\n")
+    started = time.monotonic()
+    result = lora_mlx("train", preset, "--run-dir", tmp_path / "run", env_extra={"HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 2
+    assert "not found locally, and the hub is unreachable" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_missing_local_model_dir(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model: ./models/nope\ndata: d\n")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text('{"text": "hello"}\n' * 8)
+    result = lora_mlx("train", preset, "--run-dir", tmp_path / "run")
+    assert result.returncode == 2
+    assert "no such directory" in result.stdout + result.stderr
+
+
+def test_stop_at_out_of_range(tmp_path):
+    result = lora_mlx("train", "demo", "--set", "train.iters=5", "--stop-at", "9", "--run-dir", tmp_path / "r")
+    assert result.returncode == 2 and "--stop-at 9: must be between 1 and train.iters (5)" in result.stderr
+
+
+def test_ctrl_c_stops_with_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "train", "demo", *FAST, "--set", "train.iters=2000", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=config.REPO_ROOT,
+    )
+    for line in proc.stdout:
+        if line.startswith("step") and "/2000" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopping after this step" in err
+    assert "checkpoint (stop)" in out
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+
+
+def test_runs_with_no_runs(tmp_path):
+    result = lora_mlx("runs", "--root", tmp_path)
+    assert result.returncode == 0 and "no runs under" in result.stdout
