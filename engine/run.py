@@ -215,7 +215,7 @@ def resume(run_dir: Path, emit: Callable[[P.Event], None], control, overrides: l
 
 
 def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool) -> bool:
-    from engine import data, models, trainer
+    from engine import batches, data, models, trainer
 
     record = RunRecord(run_dir)
     metrics = MetricsLog(run_dir)
@@ -253,7 +253,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
         adapter_cfg = adapter_config(cfg, num_layers, model_dir)
         optimizer = build_optimizer(cfg.train)
         optimizer.init(model.trainable_parameters())
-        stream = data.BatchStream(splits["train"], cfg.train.batch_size, cfg.seed, cfg.train.max_seq_length)
+        stream = batches.BatchStream(splits["train"], cfg.train.batch_size, cfg.seed, cfg.train.max_seq_length)
 
         resumed_from = None
         if resuming:
@@ -291,7 +291,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
         valid = splits.get("valid")
         eval_batches = None
         if valid is not None:
-            eval_batches = lambda: data.eval_batches(  # noqa: E731
+            eval_batches = lambda: batches.eval_batches(  # noqa: E731
                 valid, cfg.train.batch_size, cfg.train.max_seq_length, cfg.train.val_batches
             )
         total_params = sum(v.size for _, v in tree_flatten(model.parameters()))

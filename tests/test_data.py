@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import data
-from engine.data import BatchStream, DataError, epoch_batches, eval_batches, load_records, load_splits, make_batch
+from engine import batches, data
+from engine.batches import BatchStream, epoch_batches, eval_batches, make_batch
+from engine.data import DataError, load_records, load_splits
 
 ROLE_IDS = {"system": 5, "developer": 6, "user": 7, "assistant": 8, "tool": 9}
 BOS, EOS, TURN = 2, 1, 3
@@ -385,7 +386,7 @@ def test_batch_layout_padding_and_target_count():
     assert batch.tokens[0].tolist() == [5, 6, 7] + [0] * 13
     assert batch.lengths.tolist() == [[1, 3], [4, 10]]
     # Row 0 predicts tokens 1..2 (2 targets); row 1 predicts tokens 4..9 (6 targets). No padding counts.
-    mask = data.target_mask(batch.lengths, 16)
+    mask = batches.target_mask(batch.lengths, 16)
     assert np.flatnonzero(mask[0]).tolist() == [0, 1]
     assert np.flatnonzero(mask[1]).tolist() == [3, 4, 5, 6, 7, 8]
     assert batch.num_target_tokens == 8
