@@ -50,7 +50,7 @@ def environment_report(measure: bool = True) -> dict:
             "device_gb": round(device_bytes / GB, 1) if device_bytes else None,
         },
         "threads": {
-            "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus_available": len(os.sched_getaffinity(0)) if sys.platform == "linux" else os.cpu_count(),
             "physical_cores": blas.physical_cores() if sys.platform == "linux" else None,
             **{name: os.environ.get(name) for name in THREAD_VARS},
         },
@@ -77,10 +77,8 @@ def run_doctor() -> int:
     rows.append(("memory", f"{memory['available_gb']} GB available of {memory['total_gb']} GB"))
     if memory["device_gb"]:
         rows.append(("gpu memory", f"{memory['device_gb']} GB for mlx"))
-    rows.append(
-        ("threads", f"{info['threads'] or '?'} BLAS threads; {threads['physical_cores']} physical "
-         f"cores of {threads['cpus_available']} CPUs available")
-    )
+    cores = f"{threads['physical_cores']} physical cores of {threads['cpus_available']} CPUs available"
+    rows.append(("threads", f"{info['threads'] or '?'} BLAS threads; {cores}"))
     rows += [(name, value) for name, value in threads.items() if name in THREAD_VARS and value]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
