@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.metadata
-import logging
 import math
 import os
 import platform
@@ -28,7 +27,6 @@ SLOW_GFLOPS = 20.0
 # OpenBLAS cores with AVX-512 sgemm kernels, as `openblas_get_corename()` names them.
 AVX512_OPENBLAS_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,8 +50,8 @@ def setup() -> BlasInfo:
     Call it before anything imports mlx. `LORA_MLX_BLAS` picks the library: `auto` (default:
     MKL from the Python environment, then system OpenBLAS), `mkl`, `openblas`, `none` (the
     wheel's reference BLAS) or a path to a CBLAS `.so`. Sets the library's thread count to the
-    physical cores available unless the user set it. Problems come back in `warnings` and are
-    logged. On macOS mlx uses Accelerate and Metal: nothing to do. Runs once per process.
+    physical cores available unless the user set it. Problems come back in `warnings` for the
+    caller to show. On macOS mlx uses Accelerate and Metal: nothing to do. Runs once per process.
     """
     if sys.platform == "darwin":
         return BlasInfo("accelerate", None, "not-needed", backend="metal")
@@ -88,8 +86,6 @@ def setup() -> BlasInfo:
             f"OpenBLAS uses its {core} kernels on this AVX-512 CPU; "
             f"set OPENBLAS_CORETYPE={_avx512_openblas_core()}"
         )
-    for note in notes:
-        log.warning(note)
     return BlasInfo(library, path, source, _backend(mx), version, threads, None, tuple(notes))
 
 

@@ -121,12 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_engine_process() -> None:
+def _prepare_engine_process(show_warnings: bool) -> None:
     """Fast BLAS before mlx loads; keep library chatter off the terminal."""
     from engine import blas
 
     info = blas.setup()
-    for warning in info.warnings:
+    for warning in info.warnings if show_warnings else ():
         print(f"warning: {warning}", file=sys.stderr)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "runs":
         return list_runs(args.root)
-    _prepare_engine_process()
+    _prepare_engine_process(show_warnings=args.command != "doctor")  # the doctor lists them itself
     if args.command == "doctor":
         from engine.doctor import run_doctor
 

@@ -234,7 +234,9 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
         from mlx.utils import tree_flatten, tree_unflatten
         from mlx_lm.utils import load_tokenizer
 
-        record.update(status="loading")
+        from engine.doctor import environment_report
+
+        record.update(status="loading", environment=environment_report(measure=True))
         model_dir = models.resolve(cfg.model)
         tokenizer = load_tokenizer(model_dir)
         splits = data.load_splits(

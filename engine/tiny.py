@@ -59,6 +59,8 @@ class BuiltinSpec:
     num_key_value_heads: int
     max_position_embeddings: int = 2048
     seed: int = 0
+    init_std: float = 0.02  # std of every projection and of the input embeddings
+    lm_head_std: float = 0.0  # > 0: an untied output layer with this std
 
 
 SPECS = {
@@ -249,7 +251,7 @@ def model_config(spec: BuiltinSpec, special_ids: dict[str, int]) -> dict:
         "max_position_embeddings": spec.max_position_embeddings,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": spec.lm_head_std == 0,
         "hidden_act": "silu",
         "torch_dtype": "float32",
         "bos_token_id": special_ids[BOS],
@@ -274,7 +276,7 @@ def tokenizer_config(spec: BuiltinSpec) -> dict:
 def init_weights(spec: BuiltinSpec) -> dict[str, np.ndarray]:
     """Float32 Llama weights: N(0, 0.02), residual outputs scaled by 1/sqrt(2 * layers)."""
     rng = np.random.default_rng(spec.seed)
-    std = 0.02
+    std = spec.init_std
     out_std = std / np.sqrt(2 * spec.num_hidden_layers)
     head_dim = spec.hidden_size // spec.num_attention_heads
     h, kv = spec.hidden_size, spec.num_key_value_heads * head_dim
@@ -295,6 +297,8 @@ def init_weights(spec: BuiltinSpec) -> dict[str, np.ndarray]:
         weights[p + "input_layernorm.weight"] = np.ones(h, dtype=np.float32)
         weights[p + "post_attention_layernorm.weight"] = np.ones(h, dtype=np.float32)
     weights["model.norm.weight"] = np.ones(h, dtype=np.float32)
+    if spec.lm_head_std:
+        weights["lm_head.weight"] = normal((spec.vocab_size, h), spec.lm_head_std)
     return weights
 
 

@@ -72,7 +72,10 @@ def test_metrics_jsonl_has_the_documented_lines(tmp_path):
     for key in ("train_loss", "learning_rate", "tokens_per_second", "trained_tokens", "peak_memory_gb"):
         assert all(isinstance(l[key], (int, float)) for l in train_lines), key
     assert [l["step"] for l in lines if l["event"] == "eval"] == [0, 2, 4]
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert record["environment"]["blas"]["library"] in ("mkl", "openblas", "reference", "accelerate")
+    assert record["environment"]["blas"]["gflops"] > 0
     cfg = config.from_dict(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text()))
     assert cfg.train.iters == 4
 
