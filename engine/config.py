@@ -31,7 +31,12 @@ RESUME_CHANGEABLE = (
     "train.keep_checkpoints",
     "train.max_bad_steps",
     "train.compile",
+    "train.micro_batch_size",
+    "train.grad_checkpoint",
     "data.skip_invalid",
+    "memory.limit_gb",
+    "memory.cache_limit_gb",
+    "memory.clear_cache_every",
 )
 
 
@@ -69,7 +74,13 @@ class DataConfig:
 class TrainConfig:
     iters: int = _f(1000, "Optimizer steps to train for.", min=1)
     batch_size: int = _f(4, "Sequences per micro-batch.", min=1, max=65536)
-    grad_accumulation: int = _f(1, "Micro-batches whose gradients are summed into one optimizer step.", min=1, max=1024)
+    micro_batch_size: int = _f(
+        0,
+        "Run each batch in micro-batches of this many sequences to save memory; the update is the same (0: the whole batch).",
+        min=0,
+        max=65536,
+    )
+    grad_accumulation: int = _f(1, "Batches whose gradients are summed into one optimizer step.", min=1, max=1024)
     learning_rate: float = _f(1e-5, "Peak learning rate.", min=0.0, max=10.0, exclusive_min=True)
     lr_schedule: str = _f("constant", "Schedule after warmup.", choices=("constant", "cosine", "linear"))
     warmup_steps: int = _f(0, "Steps of linear warmup from 0 to the peak learning rate.", min=0)
@@ -89,6 +100,17 @@ class TrainConfig:
 
 
 @dataclass
+class MemoryConfig:
+    limit_gb: float = _f(
+        0.0,
+        "Memory the run may use; a step over it is retried in smaller micro-batches (0: 90% of the backend's memory).",
+        min=0.0,
+    )
+    cache_limit_gb: float = _f(-1.0, "Cap on mlx's buffer cache (-1: mlx's default, 0: no cache).", min=-1.0)
+    clear_cache_every: int = _f(0, "Empty mlx's buffer cache every this many steps (0: never; the cache limit bounds it).", min=0)
+
+
+@dataclass
 class Config:
     model: str = _f("builtin:tiny", "Local model directory, Hugging Face hub id, or builtin:tiny / builtin:small.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "Training data (a directory path, or a mapping)."})
@@ -96,6 +118,7 @@ class Config:
     fine_tune_type: str = _f("lora", "What to train.", choices=("lora", "dora", "full"))
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"doc": "Adapter settings (ignored for full)."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "Training loop settings."})
+    memory: MemoryConfig = field(default_factory=MemoryConfig, metadata={"doc": "Memory limits."})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,7 +139,7 @@ def iter_fields(cls=Config, prefix=""):
             yield f"{prefix}{f.name}", f
 
 
-_SECTIONS = {"lora": LoraConfig, "train": TrainConfig, "data": DataConfig}
+_SECTIONS = {"lora": LoraConfig, "train": TrainConfig, "data": DataConfig, "memory": MemoryConfig}
 LEAF_FIELDS = dict(iter_fields())
 SECTION_KEYS = set(_SECTIONS)
 

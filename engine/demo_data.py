@@ -1,70 +1,147 @@
-"""The demo dataset: short letter puzzles a tiny random-init model learns in minutes.
+"""The demo dataset: a tiny chat bot that a random-init model learns in minutes.
 
-Each record is one chat turn in mlx-lm's format. The user names an operation and
-gives a few lowercase letters separated by spaces (so each letter is one token);
-the assistant answers with the transformed letters:
+Each record is one chat turn in mlx-lm's format. The user says something with one
+of ten intents (a greeting, a feeling, a question about the time, ...) in many
+phrasings; the assistant gives that intent's fixed reply:
 
-    {"messages": [{"role": "user", "content": "reverse: k a t e"},
-                  {"role": "assistant", "content": "e t a k"}]}
+    {"messages": [{"role": "user", "content": "Well, I am feeling lonely today."},
+                  {"role": "assistant", "content": "I am sorry to hear that. Take care of yourself."}]}
+
+A model has to find the few words that carry the intent among the filler, which
+LoRA adapters on `builtin:tiny` learn within a few hundred steps; the replies are
+fixed, so the loss can fall close to zero and greedy answers become exactly right.
 
 The output is byte-identical on every run: one `random.Random(seed)` draws
-everything, and no prompt appears in more than one split.
+everything, and no prompt appears twice in the dataset.
 
     python -m engine.demo_data [OUT_DIR]     # default presets/data/demo
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "presets" / "data" / "demo"
-SPLIT_SIZES = {"train": 1500, "valid": 100, "test": 100}
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-MIN_LETTERS, MAX_LETTERS = 3, 6
+# Records per intent and split; ten intents give 1500 / 100 / 100 records.
+PER_INTENT = {"train": 150, "valid": 10, "test": 10}
+
+OPENERS = ("", "So, ", "Well, ", "Okay, ", "Um, ", "Honestly, ")
+STATEMENT_ENDS = (".", "!", "...")
+QUESTION_ENDS = ("?", "? Please tell me.", "?!")
+HAPPY = ("happy", "great", "glad", "cheerful", "excited", "calm", "proud", "relaxed", "lucky", "fantastic")
+SAD = ("sad", "tired", "lonely", "upset", "worried", "angry", "bored", "stressed", "awful", "gloomy")
+FEELING_TEMPLATES = ("I feel {x}", "I am {x}", "I am feeling {x}", "I feel so {x}", "I am really {x}")
+WHEN = ("", " today", " this morning", " after work", " right now", " this week")
+CITIES = ("Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Oslo", "Lima", "Cairo", "Sydney")
 
 
-def _reverse(letters: list[str]) -> list[str]:
-    return letters[::-1]
+@dataclass(frozen=True)
+class Intent:
+    """Phrasings of one intent and the assistant's fixed reply to them."""
+
+    name: str
+    templates: tuple[str, ...]  # "{x}" takes each of `slot`; the end is appended
+    reply: str
+    ends: tuple[str, ...] = STATEMENT_ENDS
+    slot: tuple[str, ...] = ("",)
+    when: tuple[str, ...] = ("",)
+
+    def prompts(self) -> list[str]:
+        """Every phrasing, in a fixed order."""
+        out = []
+        for opener, template, x, when, end in itertools.product(
+            OPENERS, self.templates, self.slot, self.when, self.ends
+        ):
+            text = template.format(x=x) + when + end
+            out.append(opener + (text[0].lower() + text[1:] if opener and text[:2] != "I " else text))
+        return out
 
 
-def _uppercase(letters: list[str]) -> list[str]:
-    return [c.upper() for c in letters]
+INTENTS = (
+    Intent(
+        "greeting",
+        ("Hello", "Hi there", "Good morning", "Good evening", "Hey, nice to meet you", "Greetings"),
+        "Hello! How can I help you today?",
+        slot=("",),
+        when=("", " friend", " bot"),
+    ),
+    Intent("happy", FEELING_TEMPLATES, "That is wonderful to hear! Keep it up.", slot=HAPPY, when=WHEN),
+    Intent("sad", FEELING_TEMPLATES, "I am sorry to hear that. Take care of yourself.", slot=SAD, when=WHEN),
+    Intent(
+        "name",
+        ("What is your name", "Who are you", "What should I call you", "Do you have a name"),
+        "My name is Tiny. I am a very small model.",
+        ends=QUESTION_ENDS,
+        when=("", " by the way", " again", " exactly"),
+    ),
+    Intent(
+        "time",
+        ("What time is it", "Do you know the time", "Can you tell me the time", "How late is it"),
+        "I cannot see a clock, sorry.",
+        ends=QUESTION_ENDS,
+        when=("", " now", " right now", " here"),
+    ),
+    Intent(
+        "weather",
+        ("Will it rain in {x}", "How is the weather in {x}", "Is it sunny in {x}", "Is it cold in {x}"),
+        "I cannot check the weather from here.",
+        ends=QUESTION_ENDS,
+        slot=CITIES,
+        when=("", " today", " tomorrow"),
+    ),
+    Intent(
+        "thanks",
+        ("Thank you", "Thanks a lot", "Thanks for your help", "Many thanks", "I really appreciate it"),
+        "You are welcome! Happy to help.",
+        when=("", " so much", " again", " friend"),
+    ),
+    Intent(
+        "goodbye",
+        ("Goodbye", "See you later", "Bye for now", "I have to go", "Talk to you tomorrow"),
+        "Goodbye! Have a nice day.",
+        when=("", " friend", " then", " everyone"),
+    ),
+    Intent(
+        "joke",
+        ("Tell me a joke", "Say something funny", "Make me laugh", "Do you know any jokes"),
+        "Why did the robot go on holiday? It needed to recharge.",
+        ends=QUESTION_ENDS,
+        when=("", " please", " now", " again"),
+    ),
+    Intent(
+        "abilities",
+        ("What can you do", "How can you help me", "What are you good at", "What do you know"),
+        "I can answer a few simple questions.",
+        ends=QUESTION_ENDS,
+        when=("", " exactly", " for me", " today"),
+    ),
+)
 
 
-OPERATIONS = {"reverse": _reverse, "uppercase": _uppercase}
+def make_record(prompt: str, reply: str) -> dict:
+    """One chat record in mlx-lm's {"messages": [...]} format."""
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]}
 
 
-def make_record(operation: str, letters: list[str]) -> dict:
-    """One chat record: the prompt names the operation, the answer applies it."""
-    answer = OPERATIONS[operation](letters)
-    return {
-        "messages": [
-            {"role": "user", "content": f"{operation}: {' '.join(letters)}"},
-            {"role": "assistant", "content": " ".join(answer)},
-        ]
-    }
-
-
-def generate(seed: int = 0, sizes: dict[str, int] = SPLIT_SIZES) -> dict[str, list[dict]]:
-    """Return {split: records}; distinct prompts across all splits, fixed by `seed`."""
+def generate(seed: int = 0, per_intent: dict[str, int] = PER_INTENT) -> dict[str, list[dict]]:
+    """Return {split: records}: each intent's phrasings drawn without replacement, splits shuffled."""
     rng = random.Random(seed)
-    operations = sorted(OPERATIONS)
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for split, size in sizes.items():
-        records = []
-        while len(records) < size:
-            operation = rng.choice(operations)
-            letters = rng.choices(LETTERS, k=rng.randint(MIN_LETTERS, MAX_LETTERS))
-            record = make_record(operation, letters)
-            prompt = record["messages"][0]["content"]
-            if prompt not in seen:
-                seen.add(prompt)
-                records.append(record)
-        splits[split] = records
+    needed = sum(per_intent.values())
+    splits: dict[str, list[dict]] = {split: [] for split in per_intent}
+    for intent in INTENTS:
+        prompts = intent.prompts()
+        if len(prompts) < needed:
+            raise ValueError(f"intent {intent.name!r} has {len(prompts)} phrasings, needs {needed}")
+        chosen = iter(rng.sample(prompts, needed))
+        for split, count in per_intent.items():
+            splits[split].extend(make_record(next(chosen), intent.reply) for _ in range(count))
+    for records in splits.values():
+        rng.shuffle(records)
     return splits
 
 

@@ -248,6 +248,9 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
             batch_size=cfg.train.batch_size,
             log=log,
         )
+        from engine import memory
+
+        memory_limit = memory.apply_limits(cfg.memory)
         model, _, _ = models.load(str(model_dir))
         num_layers = apply_adapters(model, cfg)
         if cfg.train.grad_checkpoint:
@@ -269,6 +272,8 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
             stream.seek(state.stream)
             resumed_from = str(loaded.path)
             log("info", f"resumed from {loaded.path} at step {state.step}")
+        if cfg.train.micro_batch_size:
+            state.micro_splits = max(state.micro_splits, -(-cfg.train.batch_size // cfg.train.micro_batch_size))
         mx.reset_peak_memory()
 
         def save(train_state: trainer.TrainState, reason: str) -> str:
@@ -323,6 +328,8 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
             save=save,
             control=control,
             stop_at=stop_at,
+            memory_limit_bytes=memory_limit,
+            clear_cache_every=cfg.memory.clear_cache_every,
         )
         adapters_dir = write_adapters(run_dir, model, adapter_cfg)
         record.update(status="finished" if finished else "stopped", step=state.step, best_val_loss=state.best_val_loss)

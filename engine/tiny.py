@@ -59,8 +59,6 @@ class BuiltinSpec:
     num_key_value_heads: int
     max_position_embeddings: int = 2048
     seed: int = 0
-    init_std: float = 0.02  # std of every projection and of the input embeddings
-    lm_head_std: float = 0.0  # > 0: an untied output layer with this std
 
 
 SPECS = {
@@ -73,14 +71,14 @@ SPECS = {
         num_attention_heads=4,
         num_key_value_heads=2,
     ),
-    # Benchmarks: about 26.6M parameters.
+    # Benchmarks: about 25.9M parameters.
     "builtin:small": BuiltinSpec(
         vocab_size=8000,
         hidden_size=512,
-        num_hidden_layers=7,
+        num_hidden_layers=6,
         intermediate_size=1408,
         num_attention_heads=8,
-        num_key_value_heads=8,
+        num_key_value_heads=4,
     ),
 }
 
@@ -251,7 +249,7 @@ def model_config(spec: BuiltinSpec, special_ids: dict[str, int]) -> dict:
         "max_position_embeddings": spec.max_position_embeddings,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": spec.lm_head_std == 0,
+        "tie_word_embeddings": False,
         "hidden_act": "silu",
         "torch_dtype": "float32",
         "bos_token_id": special_ids[BOS],
@@ -274,15 +272,21 @@ def tokenizer_config(spec: BuiltinSpec) -> dict:
 
 
 def init_weights(spec: BuiltinSpec) -> dict[str, np.ndarray]:
-    """Float32 Llama weights: N(0, 0.02), residual outputs scaled by 1/sqrt(2 * layers)."""
+    """Float32 Llama weights drawn from `default_rng(spec.seed)` in a fixed order.
+
+    Embeddings and projections are N(0, 0.02), the projections that write to the
+    residual stream scaled by 1/sqrt(2 * layers) (GPT-2's recipe). The output
+    layer is untied and N(0, 1/sqrt(hidden)): its logits start with std ~1, so
+    the first loss is near ln(vocab), yet the frozen head can still express a
+    confident prediction. (Tied 0.02 embeddings cap every logit near 2.6 at
+    hidden 128, and LoRA, which cannot train the head, stalls at a loss of ~4.4.)
+    """
     rng = np.random.default_rng(spec.seed)
-    std = spec.init_std
-    out_std = std / np.sqrt(2 * spec.num_hidden_layers)
-    head_dim = spec.hidden_size // spec.num_attention_heads
-    h, kv = spec.hidden_size, spec.num_key_value_heads * head_dim
+    std, out_std = 0.02, 0.02 / np.sqrt(2 * spec.num_hidden_layers)
+    h, kv, m = spec.hidden_size, _kv_dim(spec), spec.intermediate_size
 
     def normal(shape, scale=std):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
 
     weights = {"model.embed_tokens.weight": normal((spec.vocab_size, h))}
     for i in range(spec.num_hidden_layers):
@@ -291,23 +295,25 @@ def init_weights(spec: BuiltinSpec) -> dict[str, np.ndarray]:
         weights[p + "self_attn.k_proj.weight"] = normal((kv, h))
         weights[p + "self_attn.v_proj.weight"] = normal((kv, h))
         weights[p + "self_attn.o_proj.weight"] = normal((h, h), out_std)
-        weights[p + "mlp.gate_proj.weight"] = normal((spec.intermediate_size, h))
-        weights[p + "mlp.up_proj.weight"] = normal((spec.intermediate_size, h))
-        weights[p + "mlp.down_proj.weight"] = normal((h, spec.intermediate_size), out_std)
+        weights[p + "mlp.gate_proj.weight"] = normal((m, h))
+        weights[p + "mlp.up_proj.weight"] = normal((m, h))
+        weights[p + "mlp.down_proj.weight"] = normal((h, m), out_std)
         weights[p + "input_layernorm.weight"] = np.ones(h, dtype=np.float32)
         weights[p + "post_attention_layernorm.weight"] = np.ones(h, dtype=np.float32)
     weights["model.norm.weight"] = np.ones(h, dtype=np.float32)
-    if spec.lm_head_std:
-        weights["lm_head.weight"] = normal((spec.vocab_size, h), spec.lm_head_std)
+    weights["lm_head.weight"] = normal((spec.vocab_size, h), 1 / np.sqrt(h))
     return weights
 
 
 def parameter_count(spec: BuiltinSpec) -> int:
-    """Number of parameters of the model `spec` describes (embeddings tied)."""
-    head_dim = spec.hidden_size // spec.num_attention_heads
-    h, kv, m = spec.hidden_size, spec.num_key_value_heads * head_dim, spec.intermediate_size
+    """Number of parameters of the model `spec` describes."""
+    h, kv, m = spec.hidden_size, _kv_dim(spec), spec.intermediate_size
     per_layer = 2 * h * h + 2 * kv * h + 3 * h * m + 2 * h
-    return spec.vocab_size * h + spec.num_hidden_layers * per_layer + h
+    return 2 * spec.vocab_size * h + spec.num_hidden_layers * per_layer + h
+
+
+def _kv_dim(spec: BuiltinSpec) -> int:
+    return spec.num_key_value_heads * (spec.hidden_size // spec.num_attention_heads)
 
 
 def _write_weights(path: Path, weights: dict[str, np.ndarray]) -> None:

@@ -18,6 +18,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from engine import protocol as P
+from engine.batches import split_batch
 from engine.control import Control  # noqa: F401  (re-exported: callers build one per run)
 
 
@@ -31,6 +32,7 @@ class TrainState:
     best_checkpoint: str | None = None
     bad_steps_total: int = 0
     stream: dict = field(default_factory=dict)  # the batch stream's position
+    micro_splits: int = 1  # each batch runs as this many micro-batches (raised when memory runs short)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,6 +40,17 @@ class TrainState:
 
 class RunAborted(RuntimeError):
     """Training cannot go on (e.g. the loss stayed non-finite); the message says why."""
+
+
+class MemoryPressure(RuntimeError):
+    """A step needed more memory than the limit allows."""
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryPressure) or (
+        isinstance(error, RuntimeError) and any(w in text for w in ("out of memory", "malloc", "memory limit", "allocate"))
+    )
 
 
 def masked_loss(model: nn.Module, tokens: mx.array, lengths: mx.array):
@@ -90,16 +103,23 @@ def train(
     control: Control,
     stop_at: int | None = None,
     loss=masked_loss,
+    memory_limit_bytes: int = 0,
+    clear_cache_every: int = 0,
 ) -> bool:
     """Train from `state.step` to `args.iters`, checkpointing at the end.
 
     Return True if it ran to the end, False if stopped (after a checkpoint).
     """
-    loss_and_grad = nn.value_and_grad(model, loss)
+    def summed(model, tokens, lengths):
+        # The loss summed over target tokens: micro-batches then add up exactly to their whole.
+        mean, ntoks = loss(model, tokens, lengths)
+        return mean * ntoks, ntoks
+
+    loss_and_grad = nn.value_and_grad(model, summed)
 
     def grad_step(tokens, lengths):
-        (value, ntoks), grads = loss_and_grad(model, tokens, lengths)
-        return value, ntoks, grads
+        (total, ntoks), grads = loss_and_grad(model, tokens, lengths)
+        return total, ntoks, grads
 
     def apply_update(grads):
         optimizer.update(model, grads)
@@ -123,6 +143,39 @@ def train(
                 return True
         return False
 
+    def compute_step():
+        """Loss, target-token count and mean gradient of one optimizer step (not yet applied)."""
+        mx.random.seed(step_seed(seed, state.step + 1))
+        mx.reset_peak_memory()
+        total, ntoks, grads = mx.array(0.0), mx.array(0), None
+        for _ in range(args.grad_accumulation):
+            for micro in split_batch(stream.next(), state.micro_splits):
+                part_total, part_ntoks, part_grads = grad_step(mx.array(micro.tokens), mx.array(micro.lengths))
+                total, ntoks = total + part_total, ntoks + part_ntoks
+                grads = part_grads if grads is None else tree_map(mx.add, grads, part_grads)
+                mx.eval(total, ntoks, grads)  # one micro-batch's activations in memory at a time
+                if memory_limit_bytes and mx.get_peak_memory() > memory_limit_bytes:
+                    raise MemoryPressure(f"{mx.get_peak_memory() / 1e9:.2f} GB used, over the {memory_limit_bytes / 1e9:.2f} GB limit")
+        return total / ntoks, ntoks, tree_map(lambda g: g / ntoks, grads)
+
+    def shrink_micro_batch(error: BaseException) -> None:
+        """Recover from running short of memory: halve the micro-batch (the step stays the same), save."""
+        batch_size = args.batch_size
+        if state.micro_splits >= batch_size:
+            raise RunAborted(
+                f"step {state.step + 1} does not fit in memory even one sequence at a time ({error}); "
+                "set train.grad_checkpoint=true, lower train.max_seq_length, or quantize the model"
+            ) from error
+        state.micro_splits = min(state.micro_splits * 2, batch_size)
+        mx.clear_cache()
+        micro = -(-batch_size // state.micro_splits)
+        emit(P.LogMessage(
+            "warning",
+            f"step {state.step + 1} ran out of memory ({error}); retrying with micro-batches of {micro} "
+            f"({state.micro_splits} per batch): the same examples and the same update, in less memory",
+        ))
+        save(state, "memory")
+
     model.train()
     if state.step == 0:
         run_eval()  # the untrained baseline, so curves start where training starts
@@ -143,17 +196,15 @@ def train(
             return False
 
         tic = time.perf_counter()
-        mx.random.seed(step_seed(seed, state.step + 1))
-        step_loss, step_tokens, grads = mx.array(0.0), mx.array(0), None
-        for _ in range(args.grad_accumulation):
-            batch = stream.next()
-            value, ntoks, micro_grads = grad_step(mx.array(batch.tokens), mx.array(batch.lengths))
-            step_loss, step_tokens = step_loss + value, step_tokens + ntoks
-            grads = micro_grads if grads is None else tree_map(mx.add, grads, micro_grads)
-        if args.grad_accumulation > 1:
-            grads = tree_map(lambda g: g / args.grad_accumulation, grads)
-            step_loss = step_loss / args.grad_accumulation
-        mx.eval(step_loss, step_tokens, grads)
+        position = stream.state()
+        try:
+            step_loss, step_tokens, grads = compute_step()
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            stream.seek(position)  # the step is retried on the same data
+            shrink_micro_batch(error)
+            continue
 
         state.step += 1
         state.stream = stream.state()
@@ -175,6 +226,8 @@ def train(
                     f"the loss was not finite for {bad_in_a_row} steps in a row (last at step {state.step}); "
                     "try a lower train.learning_rate or check the data. The last checkpoint is untouched."
                 )
+        if clear_cache_every and state.step % clear_cache_every == 0:
+            mx.clear_cache()
         window_time += time.perf_counter() - tic
 
         if window_steps and (state.step % args.steps_per_report == 0 or state.step == args.iters):

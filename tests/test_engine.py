@@ -216,3 +216,32 @@ def test_non_finite_loss_skips_updates_then_stops_without_saving_nan(tmp_path):
 
     for k, v in tree_flatten(model.trainable_parameters()):
         assert np.array_equal(np.array(v), before[k]), k  # no update was applied
+
+
+def test_running_short_of_memory_halves_the_micro_batch_and_keeps_the_update(tmp_path):
+    settings = ["train.iters=4", "train.batch_size=8", "train.steps_per_eval=1000"]
+    whole = train_run(tmp_path / "whole", *settings)
+    single = train_run(tmp_path / "single", *settings, "train.micro_batch_size=1")
+    peak_whole = max(e.peak_memory_gb for e in whole if isinstance(e, P.StepReported))
+    peak_single = max(e.peak_memory_gb for e in single if isinstance(e, P.StepReported))
+    assert peak_single < peak_whole
+    limit_gb = (peak_single + peak_whole) / 2
+
+    events = train_run(tmp_path / "limited", *settings, f"memory.limit_gb={limit_gb}")
+    warnings = [e.text for e in events if isinstance(e, P.LogMessage) and "ran out of memory" in e.text]
+    assert warnings and "the same examples and the same update" in warnings[0]
+    assert any(isinstance(e, P.CheckpointSaved) and e.reason == "memory" for e in events)
+    assert isinstance(events[-1], P.RunFinished) and events[-1].step == 4
+    # Summed-loss micro-batches give the whole batch's gradient: same losses, same weights.
+    assert [s for s, _ in losses(events)] == [s for s, _ in losses(whole)]
+    assert [v for _, v in losses(events)] == pytest.approx([v for _, v in losses(whole)], abs=1e-4)
+    # Only float summation order differs (Adam's g / sqrt(v) magnifies it where gradients are ~0).
+    assert max_abs_diff(adapters(tmp_path / "whole"), adapters(tmp_path / "limited")) < 2e-4
+    assert max_abs_diff(adapters(tmp_path / "whole"), adapters(tmp_path / "single")) < 2e-4
+    saved = checkpoint.load_latest(tmp_path / "limited" / "checkpoints", make_cfg(*settings), lambda *a: None)
+    assert saved.state["train_state"]["micro_splits"] > 1  # a resume keeps the smaller micro-batch
+
+
+def test_a_step_that_cannot_fit_at_all_stops_with_advice(tmp_path):
+    with pytest.raises(trainer.RunAborted, match="does not fit in memory even one sequence at a time"):
+        train_run(tmp_path / "run", "train.iters=2", "train.batch_size=2", "memory.limit_gb=0.000001")
