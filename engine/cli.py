@@ -145,7 +145,9 @@ def list_runs(root: Path | None) -> int:
         step = f"{r.step or 0}/{r.total_steps or '?'}"
         best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
         print(f"{str(r.run_dir):<40} {r.status:<9} {step:>11} {best:>9}  {r.updated_at or '-'}")
-        if r.status in ("died", "stopped", "failed"):
+        if r.diagnosis:
+            print(f"{'':<40} {r.diagnosis}")
+        elif r.status in ("died", "stopped", "failed"):
             print(f"{'':<40} continue with: lora-mlx resume {r.run_dir}")
     return EXIT_OK
 

@@ -92,6 +92,26 @@ def log_tail(run_dir: Path, lines: int = 15) -> list[str]:
     return text.splitlines()[-lines:]
 
 
+MEMORY_SIGNALS = (-6, -9, 134, 137)  # SIGABRT (Metal's out-of-memory abort), SIGKILL (Linux's OOM killer)
+
+
+def diagnose(record: dict, exit_code: int | None) -> str | None:
+    """For an engine that died: was it probably memory? If so, say so and what to do."""
+    reading = record.get("memory") or {}
+    limit = reading.get("limit_gb") or 0
+    near_limit = limit and reading.get("peak_gb", 0) > 0.85 * limit
+    system_short = reading.get("system_total_gb") and reading.get("system_available_gb", 1e9) < 0.05 * reading["system_total_gb"]
+    if exit_code not in MEMORY_SIGNALS and not near_limit and not system_short:
+        return None
+    run_dir = record.get("run_dir", "RUN_DIR")
+    return (
+        "this was probably out of memory"
+        + (f" (last reading: {reading.get('peak_gb', 0):.1f} GB peak, {reading.get('system_available_gb', 0):.1f} GB free)" if reading else "")
+        + f". Resume from the last checkpoint with a smaller micro-batch: lora-mlx resume {run_dir} "
+        "--set train.micro_batch_size=1, or with --set train.grad_checkpoint=true"
+    )
+
+
 @dataclass
 class RunInfo:
     run_dir: Path
@@ -100,15 +120,21 @@ class RunInfo:
     total_steps: int | None
     best_val_loss: float | None
     updated_at: str | None
+    diagnosis: str | None = None  # for a run that died: what probably happened and what to do
 
 
 def run_status(run_dir: Path) -> RunInfo:
     """A run's state; an active status whose process is gone reads as 'died'."""
     record = read_record(run_dir)
     status = record.get("status", "unknown")
+    diagnosis = None
     if status in ACTIVE and not pid_alive(record.get("pid")):
         status = "died"
-    return RunInfo(Path(run_dir), status, record.get("step"), record.get("total_steps"), record.get("best_val_loss"), record.get("updated_at"))
+        diagnosis = diagnose({**record, "run_dir": str(run_dir)}, record.get("exit_code"))
+    return RunInfo(
+        Path(run_dir), status, record.get("step"), record.get("total_steps"), record.get("best_val_loss"),
+        record.get("updated_at"), diagnosis,
+    )
 
 
 def list_runs(root: Path) -> list[RunInfo]:
@@ -179,7 +205,12 @@ class EngineClient:
         if exit_code is None:
             exit_code = record.get("exit_code")
         self.finished = True
-        return P.EngineGone(exit_code=exit_code, log_tail=log_tail(self.run_dir), last_checkpoint=record.get("last_checkpoint"))
+        return P.EngineGone(
+            exit_code=exit_code,
+            log_tail=log_tail(self.run_dir),
+            last_checkpoint=record.get("last_checkpoint"),
+            diagnosis=diagnose({**record, "run_dir": str(self.run_dir)}, exit_code),
+        )
 
     def send(self, command: P.Command) -> bool:
         """Send a command; False when the engine is no longer there."""

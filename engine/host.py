@@ -16,19 +16,28 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from engine import protocol as P
 
 SAMPLE_EVERY_S = 0.25
+NOTE_MEMORY_EVERY_S = 5.0
 
 
-def _memory_sampler(publish, stop: threading.Event) -> None:
+def _memory_sampler(publish, record, stop: threading.Event) -> None:
+    """Publish readings a few times a second; note the latest in run.json now and then,
+    so a run killed for memory can be recognised afterwards."""
     from engine import memory
 
+    last_noted = 0.0
     while not stop.wait(SAMPLE_EVERY_S):
         try:
-            publish(memory.sample())
+            reading = memory.sample()
+            publish(reading)
+            if time.monotonic() - last_noted > NOTE_MEMORY_EVERY_S:
+                record.update(memory=reading.to_dict())
+                last_noted = time.monotonic()
         except Exception:  # a failed reading must never touch training
             pass
 
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         server.publish(event)
 
     stop_sampling = threading.Event()
-    threading.Thread(target=_memory_sampler, args=(server.publish, stop_sampling), daemon=True).start()
+    threading.Thread(target=_memory_sampler, args=(server.publish, record, stop_sampling), daemon=True).start()
     exit_code = 1
     try:
         if args.mode == "start":

@@ -111,6 +111,7 @@ class EngineGone(Event):
     exit_code: int | None
     log_tail: list[str]
     last_checkpoint: str | None
+    diagnosis: str | None = None  # e.g. "this was probably out of memory ... resume with ..."
 
 
 EVENT_TYPES = {

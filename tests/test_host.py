@@ -58,6 +58,8 @@ def test_killed_engine_is_reported_at_once_with_exit_code_log_and_checkpoint(sta
     assert gone.exit_code == -signal.SIGKILL
     assert any("step" in line for line in gone.log_tail)
     assert gone.last_checkpoint and Path(gone.last_checkpoint).name.startswith("step-")
+    assert "probably out of memory" in gone.diagnosis  # SIGKILL is what Linux's OOM killer sends
+    assert f"lora-mlx resume {run_dir}" in gone.diagnosis
     assert client.run_status(run_dir).status == "died"
 
 
@@ -125,3 +127,11 @@ def test_runs_lists_states(started, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "run" in result.stdout and "running" in result.stdout
+
+
+def test_diagnosis_reads_the_last_memory_note():
+    near = {"memory": {"peak_gb": 9.5, "limit_gb": 10.0, "system_available_gb": 3.0, "system_total_gb": 16.0}}
+    assert "probably out of memory" in client.diagnose(near, exit_code=None)
+    calm = {"memory": {"peak_gb": 2.0, "limit_gb": 10.0, "system_available_gb": 12.0, "system_total_gb": 16.0}}
+    assert client.diagnose(calm, exit_code=1) is None
+    assert "micro_batch_size" in client.diagnose(calm, exit_code=-6)  # Metal aborts on OOM
