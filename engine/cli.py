@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check the machine: backend, BLAS speed, memory")
 
+    plan = sub.add_parser("estimate", help="the memory a preset needs, and whether it fits, without training")
+    plan.add_argument("preset")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     runs = sub.add_parser("runs", help="list runs and their state")
     runs.add_argument("--root", type=Path, help="folder holding runs (default: $LORA_MLX_RUNS or ./runs)")
     return parser
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     printer = Printer()
     control = Control()
     try:
+        if args.command == "estimate":
+            return print_estimate(config.load(args.preset, args.overrides))
         if args.command == "train":
             cfg = config.load(args.preset, args.overrides)
             name = Path(config.resolve_preset(args.preset)).stem
@@ -191,6 +197,18 @@ def main(argv: list[str] | None = None) -> int:
         if not printer.failure_shown:
             traceback.print_exc()
         return EXIT_FAILED
+
+
+def print_estimate(cfg) -> int:
+    """`lora-mlx estimate`: exit 0 if it fits, 1 if tight or not."""
+    from engine import estimate, memory, models
+
+    budget, source = memory.backend_memory()
+    if cfg.memory.limit_gb:
+        budget, source = int(cfg.memory.limit_gb * 1e9), "memory.limit_gb"
+    guess = estimate.preflight(cfg, *models.describe(cfg.model), budget, source)
+    print("\n".join(guess.lines()))
+    return EXIT_OK if guess.verdict == "fits" else EXIT_FAILED
 
 
 def _check_stop_at(stop_at: int | None, iters: int) -> None:

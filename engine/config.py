@@ -73,12 +73,16 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     iters: int = _f(1000, "Optimizer steps to train for.", min=1)
-    batch_size: int = _f(4, "Sequences per micro-batch.", min=1, max=65536)
+    batch_size: int = _f(
+        4, "Sequences per batch; auto: the largest power of two up to 64 that fits in memory, found by a short probe.", min=1, max=65536, auto=True
+    )
     micro_batch_size: int = _f(
         0,
-        "Run each batch in micro-batches of this many sequences to save memory; the update is the same (0: the whole batch).",
+        "Run each batch in micro-batches of this many sequences to save memory; the update is the same "
+        "(0: the whole batch; auto: the largest that fits).",
         min=0,
         max=65536,
+        auto=True,
     )
     grad_accumulation: int = _f(1, "Batches whose gradients are summed into one optimizer step.", min=1, max=1024)
     learning_rate: float = _f(1e-5, "Peak learning rate.", min=0.0, max=10.0, exclusive_min=True)
@@ -168,9 +172,10 @@ def _describe(f: dataclasses.Field) -> str:
     ]
     if "choices" in meta:
         return "one of " + ", ".join(meta["choices"])
+    described = _describe_range(kind, meta)
     if "exclude" in meta:
-        return _describe_range(kind, meta) + ", not " + ", ".join(map(str, meta["exclude"]))
-    return _describe_range(kind, meta)
+        described += ", not " + ", ".join(map(str, meta["exclude"]))
+    return described + (", or auto" if meta.get("auto") else "")
 
 
 def _describe_range(kind: str, meta) -> str:
@@ -195,6 +200,8 @@ def coerce(key: str, value: Any, where: str = "") -> Any:
     want = _py_type(f)
     meta = f.metadata
     bad = ConfigError(f"{where}{key}: must be {_describe(f)}, got {value!r}")
+    if meta.get("auto") and value == "auto":
+        return value
     if want is bool:
         if not isinstance(value, bool):
             raise bad

@@ -7,6 +7,7 @@ failure when it cannot be had (a typo in a path, or a hub id while offline).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -46,13 +47,12 @@ def resolve(model: str) -> Path:
 
 def _from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
     from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=DEFAULT_ALLOW_PATTERNS))
-    except HFValidationError as e:
-        raise ModelError(f"model '{repo_id}': not a local directory, and not a valid hub id ({e})") from None
+        return _from_hub_cache(repo_id)
+    except ModelError:
+        raise
     except Exception:  # not in the local cache, or only partly there
         pass
     if not _hub_reachable():
@@ -64,6 +64,43 @@ def _from_hub(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=DEFAULT_ALLOW_PATTERNS))
     except Exception as e:  # RepositoryNotFoundError, GatedRepoError, network drops
         raise ModelError(f"model '{repo_id}': download from the hub failed: {type(e).__name__}: {e}") from None
+
+
+def describe(model: str) -> tuple[dict, int]:
+    """(config.json, bytes of the weight files) without downloading weights: enough for an estimate."""
+    if model.startswith("builtin:") or Path(model).expanduser().is_dir():
+        return _describe_dir(resolve(model))
+    try:
+        return _describe_dir(_from_hub_cache(model))
+    except ModelError:
+        raise
+    except Exception:  # not cached: ask the hub for the config and the file sizes only
+        pass
+    if not _hub_reachable():
+        raise ModelError(f"model '{model}': not found locally, and the hub is unreachable")
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text())
+        info = HfApi().model_info(model, files_metadata=True)
+    except Exception as e:
+        raise ModelError(f"model '{model}': cannot read its config from the hub: {type(e).__name__}: {e}") from None
+    return config, sum(s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors"))
+
+
+def _describe_dir(path: Path) -> tuple[dict, int]:
+    return json.loads((path / "config.json").read_text()), sum(p.stat().st_size for p in path.glob("*.safetensors"))
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=DEFAULT_ALLOW_PATTERNS))
+    except HFValidationError as e:
+        raise ModelError(f"model '{repo_id}': not a local directory, and not a valid hub id ({e})") from None
 
 
 def load(model: str):

@@ -176,6 +176,34 @@ def write_adapters(run_dir: Path, model, adapter_cfg: dict) -> Path:
     return folder
 
 
+AUTO_BATCH_CEILING = 64  # batch_size auto looks no further: bigger batches mean few, coarse steps
+
+
+def resolve_auto_batch(cfg: Config, model, train_examples: int, memory_limit: int, log) -> None:
+    """Replace `auto` batch and micro-batch sizes with what a probe finds fits in memory."""
+    from engine import trainer
+
+    t = cfg.train
+    if "auto" not in (t.batch_size, t.micro_batch_size):
+        return
+    ceiling = min(train_examples, AUTO_BATCH_CEILING) if t.batch_size == "auto" else t.batch_size
+    found, peak_gb = trainer.probe_batch_size(model, t.max_seq_length, ceiling, memory_limit)
+    if found == 0:
+        raise trainer.RunAborted(
+            f"not even one sequence of {t.max_seq_length} tokens fits in the {memory_limit / 1e9:.1f} GB limit; "
+            "set train.grad_checkpoint=true, lower train.max_seq_length, or quantize the model"
+        )
+    if t.batch_size == "auto":
+        t.batch_size = found
+        if t.micro_batch_size == "auto":
+            t.micro_batch_size = 0
+        log("info", f"train.batch_size auto: {found} ({peak_gb:.2f} GB peak at {t.max_seq_length} tokens, limit {memory_limit / 1e9:.1f} GB)")
+    else:
+        t.micro_batch_size = 0 if found >= t.batch_size else found
+        log("info", f"train.micro_batch_size auto: {t.micro_batch_size or t.batch_size} of batch {t.batch_size} "
+            f"({peak_gb:.2f} GB peak at {t.max_seq_length} tokens, limit {memory_limit / 1e9:.1f} GB)")
+
+
 def start(cfg: Config, run_dir: Path, emit: Callable[[P.Event], None], control, stop_at: int | None = None) -> bool:
     """Begin a new run in run_dir (created 0700). Return True if it trained to the end."""
     if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
@@ -245,16 +273,21 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
             mask_prompt=cfg.train.mask_prompt,
             max_seq_length=cfg.train.max_seq_length,
             skip_invalid=cfg.data.skip_invalid,
-            batch_size=cfg.train.batch_size,
+            batch_size=cfg.train.batch_size if cfg.train.batch_size != "auto" else 1,
             log=log,
         )
-        from engine import memory
+        from engine import estimate, memory
 
         memory_limit = memory.apply_limits(cfg.memory)
+        guess = estimate.preflight(cfg, *models.describe(str(model_dir)), memory_limit, "the memory limit")
+        log("warning" if guess.verdict != "fits" else "info", "\n".join(guess.lines()))
         model, _, _ = models.load(str(model_dir))
         num_layers = apply_adapters(model, cfg)
         if cfg.train.grad_checkpoint:
             enable_grad_checkpoint(model)
+        resolve_auto_batch(cfg, model, len(splits["train"].examples), memory_limit, log)
+        if not resuming:
+            (run_dir / "config.yaml").write_text(config_mod.dump(cfg))  # with auto sizes resolved
         adapter_cfg = adapter_config(cfg, num_layers, model_dir)
         optimizer = build_optimizer(cfg.train)
         optimizer.init(model.trainable_parameters())

@@ -258,6 +258,30 @@ def train(
     return True
 
 
+def probe_batch_size(model: nn.Module, seq_length: int, ceiling: int, limit_bytes: int, loss=masked_loss) -> tuple[int, float]:
+    """The largest power-of-two batch (<= ceiling) whose forward and backward at seq_length stay
+    under 90% of limit_bytes. Returns (batch, peak GB at that batch); batch 0 if even 1 does not fit."""
+    grad_fn = nn.value_and_grad(model, loss)
+    best, best_peak, batch = 0, 0.0, 1
+    while batch <= ceiling:
+        tokens = mx.ones((batch, seq_length), dtype=mx.int32)
+        lengths = mx.array([[0, seq_length]] * batch)
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        try:
+            (value, _), grads = grad_fn(model, tokens, lengths)
+            mx.eval(value, grads)
+        except RuntimeError:  # Metal raises when an allocation is far beyond the limit
+            break
+        peak = mx.get_peak_memory()
+        del grads
+        if peak > 0.9 * limit_bytes:
+            break
+        best, best_peak, batch = batch, peak / 1e9, batch * 2
+    mx.clear_cache()
+    return best, best_peak
+
+
 def check_weights_finite(model: nn.Module) -> bool:
     """True when every trainable parameter is finite (checked before any save)."""
     return _finite(model.trainable_parameters())

@@ -88,7 +88,7 @@ def test_key_in_the_wrong_section_suggests_the_right_one(tmp_path):
 
 def test_wrong_type_names_key_and_allowed_range(tmp_path):
     msg = error_of(write(tmp_path, BASE + "train:\n  batch_size: four\n"))
-    assert ":4: train.batch_size: must be an integer >= 1 and <= 65536, got 'four'" in msg
+    assert ":4: train.batch_size: must be an integer >= 1 and <= 65536, or auto, got 'four'" in msg
 
 
 def test_out_of_range_value(tmp_path):

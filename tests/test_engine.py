@@ -245,3 +245,21 @@ def test_running_short_of_memory_halves_the_micro_batch_and_keeps_the_update(tmp
 def test_a_step_that_cannot_fit_at_all_stops_with_advice(tmp_path):
     with pytest.raises(trainer.RunAborted, match="does not fit in memory even one sequence at a time"):
         train_run(tmp_path / "run", "train.iters=2", "train.batch_size=2", "memory.limit_gb=0.000001")
+
+
+def test_batch_size_auto_probes_what_fits_and_records_it(tmp_path):
+    roomy = train_run(tmp_path / "roomy", "train.iters=1", "train.batch_size=auto", "train.steps_per_eval=1000")
+    found = config.from_dict(__import__("yaml").safe_load((tmp_path / "roomy" / "config.yaml").read_text())).train.batch_size
+    assert found == 64  # the ceiling: the tiny model fits easily
+    assert any(isinstance(e, P.LogMessage) and "train.batch_size auto: 64" in e.text for e in roomy)
+
+    tight = train_run(tmp_path / "tight", "train.iters=1", "train.batch_size=auto", "train.steps_per_eval=1000", "memory.limit_gb=0.03")
+    small = config.from_dict(__import__("yaml").safe_load((tmp_path / "tight" / "config.yaml").read_text())).train.batch_size
+    assert 1 <= small < found
+    assert isinstance(tight[-1], P.RunFinished)
+
+
+def test_micro_batch_size_auto_keeps_the_batch(tmp_path):
+    train_run(tmp_path / "run", "train.iters=1", "train.batch_size=32", "train.micro_batch_size=auto", "memory.limit_gb=0.03", "train.steps_per_eval=1000")
+    resolved = config.from_dict(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())).train
+    assert resolved.batch_size == 32 and 1 <= resolved.micro_batch_size < 32
