@@ -103,6 +103,39 @@ def _from_hub_cache(repo_id: str) -> Path:
         raise ModelError(f"model '{repo_id}': not a local directory, and not a valid hub id ({e})") from None
 
 
+class Base:
+    """A base model loaded once and handed out fresh for run after run (e.g. Optuna trials).
+
+    `fresh()` strips the adapters a previous run added, undoes gradient
+    checkpointing, and puts back the original weights (a full fine-tune changes
+    them), so every run starts from the same untouched base.
+    """
+
+    def __init__(self, model: str):
+        from mlx.utils import tree_flatten
+
+        self.model, self.tokenizer, self.model_dir = load(model)
+        self.weights = dict(tree_flatten(self.model.parameters()))  # mlx arrays are immutable: no copy
+
+    def fresh(self):
+        from mlx.utils import tree_unflatten
+
+        model = self.model
+        originals = [(name, getattr(m, "linear", None) or getattr(m, "embedding", None)) for name, m in model.named_modules() if type(m).__name__ in _ADAPTER_TYPES]
+        if originals:
+            model.update_modules(tree_unflatten(originals))
+        for block in model.layers:
+            if type(block).__name__.startswith("Checkpointed"):
+                block.__class__ = type(block).__bases__[0]
+        model.load_weights(list(self.weights.items()))
+        model.unfreeze()
+        model.eval()
+        return model
+
+
+_ADAPTER_TYPES = {"LoRALinear", "DoRALinear", "LoRAEmbedding", "DoRAEmbedding", "LoRASwitchLinear"}
+
+
 def load(model: str):
     """Load (model, tokenizer, model_dir) with mlx-lm."""
     from mlx_lm.utils import load as mlx_lm_load

@@ -204,15 +204,18 @@ def resolve_auto_batch(cfg: Config, model, train_examples: int, memory_limit: in
             f"({peak_gb:.2f} GB peak at {t.max_seq_length} tokens, limit {memory_limit / 1e9:.1f} GB)")
 
 
-def start(cfg: Config, run_dir: Path, emit: Callable[[P.Event], None], control, stop_at: int | None = None) -> bool:
-    """Begin a new run in run_dir (created 0700). Return True if it trained to the end."""
+def start(cfg: Config, run_dir: Path, emit: Callable[[P.Event], None], control, stop_at: int | None = None, base=None) -> bool:
+    """Begin a new run in run_dir (created 0700). Return True if it trained to the end.
+
+    `base` (an engine.models.Base) reuses a base model already in memory, as a study's trials do.
+    """
     if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with: lora-mlx resume {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
     RunRecord(run_dir).update(status="starting", created_at=_now(), pid=os.getpid())
-    return _execute(cfg, run_dir, emit, control, stop_at, resuming=False)
+    return _execute(cfg, run_dir, emit, control, stop_at, resuming=False, base=base)
 
 
 def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
@@ -242,7 +245,7 @@ def resume(run_dir: Path, emit: Callable[[P.Event], None], control, overrides: l
     return _execute(cfg, run_dir, emit, control, stop_at, resuming=True)
 
 
-def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool) -> bool:
+def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool, base=None) -> bool:
     from engine import batches, data, models, trainer
 
     record = RunRecord(run_dir)
@@ -265,8 +268,8 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
         from engine.doctor import environment_report
 
         record.update(status="loading", environment=environment_report(measure=True))
-        model_dir = models.resolve(cfg.model)
-        tokenizer = load_tokenizer(model_dir)
+        model_dir = base.model_dir if base else models.resolve(cfg.model)
+        tokenizer = base.tokenizer if base else load_tokenizer(model_dir)
         splits = data.load_splits(
             Path(cfg.data.path),
             tokenizer,
@@ -281,7 +284,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool)
         memory_limit = memory.apply_limits(cfg.memory)
         guess = estimate.preflight(cfg, *models.describe(str(model_dir)), memory_limit, "the memory limit")
         log("warning" if guess.verdict != "fits" else "info", "\n".join(guess.lines()))
-        model, _, _ = models.load(str(model_dir))
+        model = base.fresh() if base else models.load(str(model_dir))[0]
         num_layers = apply_adapters(model, cfg)
         if cfg.train.grad_checkpoint:
             enable_grad_checkpoint(model)

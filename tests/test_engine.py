@@ -263,3 +263,16 @@ def test_micro_batch_size_auto_keeps_the_batch(tmp_path):
     train_run(tmp_path / "run", "train.iters=1", "train.batch_size=32", "train.micro_batch_size=auto", "memory.limit_gb=0.03", "train.steps_per_eval=1000")
     resolved = config.from_dict(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())).train
     assert resolved.batch_size == 32 and 1 <= resolved.micro_batch_size < 32
+
+
+def test_a_reused_base_gives_every_run_the_same_start(tmp_path):
+    """Trials of a study share one loaded base; each must train exactly as if it loaded its own."""
+    base = models.Base(make_cfg().model)
+    first = [e for e in []]
+    for i, kind in enumerate(["full", "dora", "lora"]):
+        events: list[P.Event] = []
+        run.start(make_cfg(f"fine_tune_type={kind}", "train.iters=3", "train.grad_checkpoint=true"), tmp_path / f"shared{i}", events.append, trainer.Control(), base=base)
+        first.append(losses(events))
+    alone = train_run(tmp_path / "alone", "fine_tune_type=lora", "train.iters=3", "train.grad_checkpoint=true")
+    assert first[-1] == losses(alone)
+    assert max_abs_diff(adapters(tmp_path / "shared2"), adapters(tmp_path / "alone")) == 0.0
