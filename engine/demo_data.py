@@ -45,7 +45,7 @@ class Intent:
     """Phrasings of one intent and the assistant's fixed reply to them."""
 
     name: str
-    templates: tuple[str, ...]  # "{x}" takes each of `slot`; the end is appended
+    templates: tuple[str, ...]  # "{x}" takes each of `slot`; then come a `when` and an end
     reply: str
     ends: tuple[str, ...] = STATEMENT_ENDS
     slot: tuple[str, ...] = ("",)
@@ -58,7 +58,9 @@ class Intent:
             OPENERS, self.templates, self.slot, self.when, self.ends
         ):
             text = template.format(x=x) + when + end
-            out.append(opener + (text[0].lower() + text[1:] if opener and text[:2] != "I " else text))
+            if opener and not text.startswith("I "):  # "So, what time is it?" but "So, I am glad."
+                text = text[0].lower() + text[1:]
+            out.append(opener + text)
         return out
 
 
@@ -67,7 +69,6 @@ INTENTS = (
         "greeting",
         ("Hello", "Hi there", "Good morning", "Good evening", "Hey, nice to meet you", "Greetings"),
         "Hello! How can I help you today?",
-        slot=("",),
         when=("", " friend", " bot"),
     ),
     Intent("happy", FEELING_TEMPLATES, "That is wonderful to hear! Keep it up.", slot=HAPPY, when=WHEN),
