@@ -59,7 +59,7 @@ def test_training_reduces_validation_loss_and_adapters_load_in_mlx_lm(tmp_path, 
 
     cfg = make_cfg()
     model, tokenizer = load(str(models.resolve(cfg.model)), adapter_path=str(tmp_path / "run" / "adapters"))
-    splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4)
+    splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4, mask_prompt=cfg.train.mask_prompt)
     val = trainer.evaluate(model, batches.eval_batches(splits["valid"], 4, 64, cfg.train.val_batches))
     assert val == pytest.approx(vals[-1][1], abs=1e-4)
 
@@ -111,7 +111,7 @@ def test_a_weights_only_resume_would_fail_the_parity_check(tmp_path):
     run.apply_adapters(model, cfg)
     run.load_adapter_weights(model, loaded.adapters, loaded.path)
     optimizer = run.build_optimizer(cfg.train)
-    splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4)
+    splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4, mask_prompt=cfg.train.mask_prompt)
     stream = batches.BatchStream(splits["train"], 4, cfg.seed, 64)
     state = trainer.TrainState(step=6)
     trainer.train(
@@ -194,7 +194,7 @@ def test_non_finite_loss_skips_updates_then_stops_without_saving_nan(tmp_path):
     model, tokenizer, _ = models.load(cfg.model)
     run.apply_adapters(model, cfg)
     optimizer = run.build_optimizer(cfg.train)
-    splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4)
+    splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4, mask_prompt=cfg.train.mask_prompt)
     stream = batches.BatchStream(splits["train"], 4, cfg.seed, 64)
     before = {k: np.array(v) for k, v in __import__("mlx.utils", fromlist=["x"]).tree_flatten(model.trainable_parameters())}
     calls = {"n": 0}
