@@ -40,6 +40,11 @@ RESUME_CHANGEABLE = (
 )
 
 
+# Top-level preset sections that other modules validate: `search` (engine/search.py, the Optuna
+# search space). The run config ignores them; read_yaml hands over their YAML nodes.
+OWN_SECTIONS = ("search",)
+
+
 class ConfigError(ValueError):
     """A problem with a preset or an override; the CLI exits with code 2."""
 
@@ -256,6 +261,8 @@ def _flatten_yaml(node: yaml.Node, source: str, prefix: str = "") -> dict[str, t
             out["data.path"] = (yaml.safe_load(yaml.serialize(value_node)), line)
         elif dotted in SECTION_KEYS:
             raise ConfigError(f"{source}:{line}: {dotted}: must be a mapping of keys")
+        elif dotted in OWN_SECTIONS:  # validated by its own module, which wants the YAML node (for lines)
+            out[dotted] = (value_node, line)
         else:
             out[dotted] = (yaml.safe_load(yaml.serialize(value_node)), line)
     return out
@@ -338,9 +345,11 @@ def _looks_like_path(model: str) -> bool:
 
 
 def build(values: dict[str, tuple[Any, int | None]], source: str, base_dir: Path) -> Config:
-    """Validate {dotted_key: (value, line)} into a Config."""
+    """Validate {dotted_key: (value, line)} into a Config (sections in OWN_SECTIONS are skipped)."""
     cfg = Config()
     for key, (value, line) in values.items():
+        if key in OWN_SECTIONS:
+            continue
         _set(cfg, key, value, _where(source, line), base_dir)
     return cfg
 
