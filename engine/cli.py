@@ -2,6 +2,9 @@
 
   lora-mlx train PRESET_OR_PATH [--set KEY=VALUE ...] [--run-dir DIR] [--stop-at STEP]
   lora-mlx resume RUN_DIR [--set KEY=VALUE ...] [--stop-at STEP]
+  lora-mlx generate | eval | fuse RUN_DIR ...
+  lora-mlx estimate PRESET_OR_PATH [--set KEY=VALUE ...]
+  lora-mlx runs [--root DIR]
   lora-mlx doctor
 
 Exit codes: 0 done (or stopped on request), 1 training failed, 2 bad config,
@@ -120,6 +123,27 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("preset")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    which = {"choices": ("latest", "best"), "default": "latest", "help": "which adapters: the latest (default) or the best by validation loss"}
+    gen = sub.add_parser("generate", help="answer a prompt with a run's adapters (streams)")
+    gen.add_argument("run_dir", type=Path)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--base", action="store_true", help="answer with the base model alone, for comparison")
+    gen.add_argument("--checkpoint", **which)
+
+    ev = sub.add_parser("eval", help="test-set loss and perplexity of a run's adapters")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--split", default="test", choices=("test", "valid", "train"))
+    ev.add_argument("--checkpoint", **which)
+
+    fuse = sub.add_parser("fuse", help="fold a run's adapters into the base model and save it")
+    fuse.add_argument("run_dir", type=Path)
+    fuse.add_argument("--out", type=Path, required=True)
+    fuse.add_argument("--dequantize", action="store_true", help="save a full-precision model from a quantized base")
+    fuse.add_argument("--gguf", action="store_true", help="also write model.gguf (llama, mistral, mixtral)")
+    fuse.add_argument("--checkpoint", **which)
+
     runs = sub.add_parser("runs", help="list runs and their state")
     runs.add_argument("--root", type=Path, help="folder holding runs (default: $LORA_MLX_RUNS or ./runs)")
     return parser
@@ -172,9 +196,13 @@ def main(argv: list[str] | None = None) -> int:
 
     printer = Printer()
     control = Control()
+    from engine.use import UseError
+
     try:
         if args.command == "estimate":
             return print_estimate(config.load(args.preset, args.overrides))
+        if args.command in ("generate", "eval", "fuse"):
+            return use_run(args)
         if args.command == "train":
             cfg = config.load(args.preset, args.overrides)
             name = Path(config.resolve_preset(args.preset)).stem
@@ -186,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             _install_stop_handlers(control)
             run.resume(args.run_dir, printer, control, args.overrides, stop_at=args.stop_at)
         return EXIT_OK
-    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError) as e:
+    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError, UseError) as e:
         if not printer.failure_shown:
             print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -197,6 +225,27 @@ def main(argv: list[str] | None = None) -> int:
         if not printer.failure_shown:
             traceback.print_exc()
         return EXIT_FAILED
+
+
+def use_run(args) -> int:
+    """generate, eval and fuse: what a run trained, put to use."""
+    from engine import use
+
+    if not (args.run_dir / "config.yaml").exists():
+        raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)")
+    if args.command == "generate":
+        model, tokenizer, _ = use.load(args.run_dir, args.checkpoint, with_adapters=not args.base)
+        for piece in use.generate(model, tokenizer, args.prompt, args.max_tokens, args.temperature):
+            print(piece, end="", flush=True)
+        print()
+    elif args.command == "eval":
+        result = use.evaluate(args.run_dir, args.split, args.checkpoint)
+        print(f"{result['split']}: loss {result['loss']:.4f}, perplexity {result['perplexity']:.3f} "
+              f"({result['examples']} examples, {result['tokens']} target tokens)")
+    else:
+        out = use.fuse(args.run_dir, args.out, args.dequantize, args.gguf, args.checkpoint)
+        print(f"fused model saved to {out}" + (f" (GGUF: {out / 'model.gguf'})" if args.gguf else ""))
+    return EXIT_OK
 
 
 def print_estimate(cfg) -> int:
