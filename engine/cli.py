@@ -63,6 +63,8 @@ class Printer:
             )
         if isinstance(e, P.EvalReported):
             return f"eval at step {e.step}: val_loss {e.val_loss:.4f} ({e.seconds_taken:.1f} s)"
+        if isinstance(e, P.SampleGenerated):
+            return f"sample at step {e.step}: {e.prompt!r} -> {e.text!r}"
         if isinstance(e, P.CheckpointSaved):
             return f"checkpoint ({e.reason}) at step {e.step}: {e.path}"
         if isinstance(e, P.Paused):

@@ -31,6 +31,8 @@ RESUME_CHANGEABLE = (
     "train.keep_checkpoints",
     "train.max_bad_steps",
     "train.compile",
+    "train.sample_prompt",
+    "train.sample_max_tokens",
     "train.micro_batch_size",
     "train.grad_checkpoint",
     "data.skip_invalid",
@@ -106,6 +108,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(3, "How many recent checkpoints to keep (the best by validation loss is kept too).", min=1)
     max_bad_steps: int = _f(5, "Stop the run after this many non-finite losses in a row.", min=1)
     compile: bool = _f(True, "Compile the training step with mx.compile.")
+    sample_prompt: str = _f("", "At each evaluation, answer this prompt (greedy) so you can watch the model change (empty: off).")
+    sample_max_tokens: int = _f(48, "Length limit of that sample answer, in tokens.", min=1, max=4096)
 
 
 @dataclass

@@ -21,6 +21,7 @@ EVENT_NAMES = {
     P.RunStarted: "started",
     P.StepReported: "train",
     P.EvalReported: "eval",
+    P.SampleGenerated: "sample",
     P.CheckpointSaved: "checkpoint",
     P.Paused: "paused",
     P.Resumed: "resumed",

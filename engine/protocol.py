@@ -51,6 +51,15 @@ class EvalReported(Event):
 
 
 @dataclass(frozen=True)
+class SampleGenerated(Event):
+    """The model's answer to train.sample_prompt at an evaluation."""
+
+    step: int
+    prompt: str
+    text: str
+
+
+@dataclass(frozen=True)
 class CheckpointSaved(Event):
     step: int
     path: str
@@ -117,7 +126,7 @@ class EngineGone(Event):
 EVENT_TYPES = {
     cls.__name__: cls
     for cls in (
-        RunStarted, StepReported, EvalReported, CheckpointSaved, Paused, Resumed,
+        RunStarted, StepReported, EvalReported, SampleGenerated, CheckpointSaved, Paused, Resumed,
         LogMessage, RunFinished, RunFailed, MemorySampled, EngineGone,
     )
 }

@@ -204,6 +204,16 @@ def resolve_auto_batch(cfg: Config, model, train_examples: int, memory_limit: in
             f"({peak_gb:.2f} GB peak at {t.max_seq_length} tokens, limit {memory_limit / 1e9:.1f} GB)")
 
 
+def _sampler(model, tokenizer, train_cfg):
+    from engine import use
+
+    def sample() -> tuple[str, str]:
+        prompt = train_cfg.sample_prompt
+        return prompt, "".join(use.generate(model, tokenizer, prompt, train_cfg.sample_max_tokens)).strip()
+
+    return sample
+
+
 def start(cfg: Config, run_dir: Path, emit: Callable[[P.Event], None], control, stop_at: int | None = None, base=None) -> bool:
     """Begin a new run in run_dir (created 0700). Return True if it trained to the end.
 
@@ -366,6 +376,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool,
             stop_at=stop_at,
             memory_limit_bytes=memory_limit,
             clear_cache_every=cfg.memory.clear_cache_every,
+            sample=_sampler(model, tokenizer, cfg.train) if cfg.train.sample_prompt else None,
         )
         adapters_dir = write_adapters(run_dir, model, adapter_cfg)
         record.update(status="finished" if finished else "stopped", step=state.step, best_val_loss=state.best_val_loss)

@@ -105,6 +105,7 @@ def train(
     loss=masked_loss,
     memory_limit_bytes: int = 0,
     clear_cache_every: int = 0,
+    sample: Callable[[], tuple[str, str]] | None = None,
 ) -> bool:
     """Train from `state.step` to `args.iters`, checkpointing at the end.
 
@@ -136,6 +137,11 @@ def train(
         tic = time.perf_counter()
         val_loss = evaluate(model, eval_batches(), loss)
         emit(P.EvalReported(step=state.step, val_loss=val_loss, seconds_taken=time.perf_counter() - tic))
+        if sample is not None:  # greedy: it draws no random numbers, so training is unchanged
+            model.eval()
+            prompt, text = sample()
+            model.train()
+            emit(P.SampleGenerated(step=state.step, prompt=prompt, text=text))
         if math.isfinite(val_loss) and (state.best_val_loss is None or val_loss < state.best_val_loss):
             state.best_val_loss = val_loss
             if state.step > 0:

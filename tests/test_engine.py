@@ -88,6 +88,7 @@ RESUME_SETTINGS = [
     "train.lr_schedule=cosine",
     "train.warmup_steps=3",
     "lora.dropout=0.1",  # dropout draws random numbers: the RNG must be restored too
+    "train.sample_prompt=hello",  # sampling at each eval must not disturb training
 ]
 
 
@@ -99,6 +100,8 @@ def test_resume_is_exact(tmp_path):
     assert losses(first) + losses(second) == losses(straight)
     assert val_losses(first) + val_losses(second) == val_losses(straight)
     assert max_abs_diff(adapters(tmp_path / "a"), adapters(tmp_path / "b")) <= 1e-6
+    samples = [e for e in straight if isinstance(e, P.SampleGenerated)]
+    assert [s.step for s in samples] == [0, 6, 12] and all(s.prompt == "hello" and s.text for s in samples)
 
 
 def test_a_weights_only_resume_would_fail_the_parity_check(tmp_path):
