@@ -41,6 +41,9 @@ FINGERPRINT_KEYS = (
     "train.weight_decay",
     "train.max_seq_length",
     "train.mask_prompt",
+    "quantize.bits",
+    "quantize.group_size",
+    "quantize.mode",
 )
 
 

@@ -124,6 +124,13 @@ class MemoryConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    bits: int = _f(0, "Quantize the frozen base to this many bits for QLoRA (0: off).", choices=(0, 2, 3, 4, 5, 6, 8))
+    group_size: int = _f(64, "Weights per quantization group (smaller: more accurate, a little larger).", choices=(16, 32, 64, 128))
+    mode: str = _f("affine", "Quantization format.", choices=("affine", "mxfp4", "nvfp4", "mxfp8"))
+
+
+@dataclass
 class Config:
     model: str = _f("builtin:tiny", "Local model directory, Hugging Face hub id, or builtin:tiny / builtin:small.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "Training data (a directory path, or a mapping)."})
@@ -132,6 +139,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"doc": "Adapter settings (ignored for full)."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "Training loop settings."})
     memory: MemoryConfig = field(default_factory=MemoryConfig, metadata={"doc": "Memory limits."})
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig, metadata={"doc": "QLoRA: quantizing the base."})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,7 +160,7 @@ def iter_fields(cls=Config, prefix=""):
             yield f"{prefix}{f.name}", f
 
 
-_SECTIONS = {"lora": LoraConfig, "train": TrainConfig, "data": DataConfig, "memory": MemoryConfig}
+_SECTIONS = {"lora": LoraConfig, "train": TrainConfig, "data": DataConfig, "memory": MemoryConfig, "quantize": QuantizeConfig}
 LEAF_FIELDS = dict(iter_fields())
 SECTION_KEYS = set(_SECTIONS)
 
@@ -180,7 +188,7 @@ def _describe(f: dataclasses.Field) -> str:
         _py_type(f)
     ]
     if "choices" in meta:
-        return "one of " + ", ".join(meta["choices"])
+        return "one of " + ", ".join(map(str, meta["choices"]))
     described = _describe_range(kind, meta)
     if "exclude" in meta:
         described += ", not " + ", ".join(map(str, meta["exclude"]))
@@ -216,7 +224,7 @@ def coerce(key: str, value: Any, where: str = "") -> Any:
             raise bad
         return value
     if want is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value not in meta.get("choices", (value,)):
             raise bad
     elif want is float:
         if isinstance(value, str):  # "1e-5" is a str to PyYAML's YAML 1.1 resolver

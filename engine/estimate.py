@@ -115,8 +115,8 @@ def estimate(cfg, model_config: dict, weight_bytes: int, budget_bytes: int, budg
     shape = Shape.from_config(model_config)
     linear, other = shape.parameters()
     dsize = max(2, min(4, round(weight_bytes / max(linear + other, 1))))  # bytes per weight: 2 (fp16/bf16) or 4
-    if quant_bits:  # packed weights plus a float16 scale and bias per group
-        weights = linear * (quant_bits / 8 + 4 / quant_group) + other * dsize
+    if quant_bits:  # packed weights plus a scale and a bias per group, in the weights' dtype
+        weights = linear * (quant_bits / 8 + 2 * dsize / quant_group) + other * dsize
     else:
         weights = weight_bytes
     trainable = _trainable(shape, cfg) * 4 if cfg.fine_tune_type != "full" else _trainable(shape, cfg) * dsize
@@ -139,7 +139,7 @@ def estimate(cfg, model_config: dict, weight_bytes: int, budget_bytes: int, budg
         if micro > 1:
             advice.append(f"train.micro_batch_size={max(1, micro // 2)} halves the activations ({activations * OVERHEAD / GB / 2:.2f} GB saved) without changing the update")
         if not quant_bits and cfg.fine_tune_type != "full":
-            advice.append(f"quantize.bits=4 cuts the weights to about {(linear * (0.5 + 4 / 64) + other * dsize) / GB:.2f} GB")
+            advice.append(f"quantize.bits=4 cuts the weights to about {(linear * (0.5 + 2 * dsize / 64) + other * dsize) / GB:.2f} GB")
         if cfg.train.max_seq_length > 512:
             advice.append("a lower train.max_seq_length shrinks activations (attention grows with its square)")
     to_gb = lambda b: b / GB  # noqa: E731

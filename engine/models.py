@@ -133,7 +133,7 @@ class Base:
         return model
 
 
-_ADAPTER_TYPES = {"LoRALinear", "DoRALinear", "LoRAEmbedding", "DoRAEmbedding", "LoRASwitchLinear"}
+_ADAPTER_TYPES = {"LoRALinear", "DoRALinear", "CPUQuantizedDoRALinear", "LoRAEmbedding", "DoRAEmbedding", "LoRASwitchLinear"}
 
 
 def load(model: str):

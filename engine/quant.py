@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,6 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
-from mlx_lm.tuner.dora import DoRALinear
 
 # Bits and group sizes each mode accepts (mx.quantize in mlx 0.32; affine also takes 1 bit, useless to train on).
 SUPPORTED = {
@@ -185,9 +185,9 @@ def save_quantized(model: nn.Module, report: QuantReport, source_dir: Path, dest
     config = load_config(source_dir)
     config["quantization"] = dict(report.config)
     save_config(config, dest_dir / "config.json")
-    weights = ("model.safetensors.index.json", "config.json", "manifest.json", REPORT_FILE)
+    written = ("model.safetensors.index.json", "config.json", "manifest.json", REPORT_FILE)
     for f in source_dir.iterdir():
-        if f.is_file() and f.name not in weights and not (f.name.startswith("model") and f.suffix == ".safetensors"):
+        if f.is_file() and f.name not in written and not (f.name.startswith("model") and f.suffix == ".safetensors"):
             shutil.copy(f, dest_dir / f.name)
     (dest_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")  # written last: marks it complete
     return dest_dir
@@ -207,15 +207,15 @@ def prepare_base(
 ) -> tuple[Path, QuantReport | None]:
     """The model directory to train on: model_dir itself, or a quantized copy built once and cached.
 
-    bits None: model_dir as it is (a pre-quantized directory trains quantized, as is).
+    bits None or 0: model_dir as it is (a pre-quantized directory trains quantized, as is).
     bits set on a full-precision model: a directory under `cache_dir` (default
     `$LORA_MLX_CACHE/quantized`) keyed by the source files and settings, with its report.
     bits set on a model that is already quantized with other settings: QuantizeError.
     """
     model_dir = Path(model_dir)
-    existing = read_quantization(model_dir)
-    if bits is None:
+    if not bits:
         return model_dir, None
+    existing = read_quantization(model_dir)
     check_settings(bits, group_size, mode)
     if existing is not None:
         have = (existing.get("bits"), existing.get("group_size"), existing.get("mode", "affine"))
@@ -250,6 +250,8 @@ def prepare_base(
                 os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    del model
+    mx.clear_cache()  # the caller loads the written copy next
     return final, report
 
 
@@ -263,13 +265,15 @@ def _dequantized_matmul_fn(group_size: int, bits: int, mode: str, has_biases: bo
     def dense(w, scales, biases):
         return mx.dequantize(w, scales, biases, group_size=group_size, bits=bits, mode=mode, dtype=mx.float32)
 
+    # Making the dense weight depend on x (forward) and on the cotangent (backward) schedules it
+    # right before its matmul, so about one is alive at a time instead of one per layer.
     def forward(x, w, scales, *biases):
+        w, scales, *biases = mx.depends([w, scales, *biases], [x])
         y = x.astype(mx.float32) @ dense(w, scales, biases[0] if has_biases else None).T
         return y.astype(x.dtype)
 
     def backward(primals, cotangent, output):
         x, w, scales, *biases = primals
-        # Depending on the cotangent keeps the dense weight from being made (and held) before it is needed.
         w, scales, *biases = mx.depends([w, scales, *biases], [cotangent])
         dx = cotangent.astype(mx.float32) @ dense(w, scales, biases[0] if has_biases else None)
         # The quantized weights are frozen: their zero cotangents are never evaluated.
@@ -302,18 +306,31 @@ class CPUQuantizedEmbedding(nn.QuantizedEmbedding):
         return dequantized_matmul(x, self)
 
 
-class CPUQuantizedDoRALinear(DoRALinear):
-    """mlx-lm's DoRALinear over a quantized layer, without keeping the dense weight for the backward pass."""
+def _dora_call(self, x):
+    """mlx-lm's DoRALinear.__call__, with the dense weight made by the fast path (and not kept for backward)."""
+    y = dequantized_matmul(x, self.linear)
+    z = (self.dropout(x) @ self.lora_a) @ self.lora_b
+    out = y + (self.scale * z).astype(x.dtype)
+    # The weight norm is outside the gradient (as in mlx-lm), so this dense weight is freed after the forward pass.
+    adapted = mx.stop_gradient(self._dequantized_weight()) + (self.scale * self.lora_b.T) @ self.lora_a.T
+    denom = mx.stop_gradient(mx.linalg.norm(adapted, axis=1))
+    out = (self.m / denom).astype(x.dtype) * out
+    return out + self.linear.bias if "bias" in self.linear else out
 
-    def __call__(self, x):
-        y = dequantized_matmul(x, self.linear)
-        z = (self.dropout(x) @ self.lora_a) @ self.lora_b
-        out = y + (self.scale * z).astype(x.dtype)
-        # The weight norm is outside the gradient (as in mlx-lm), so this dense weight is freed after the forward pass.
-        adapted = mx.stop_gradient(self._dequantized_weight()) + (self.scale * self.lora_b.T) @ self.lora_a.T
-        denom = mx.stop_gradient(mx.linalg.norm(adapted, axis=1))
-        out = (self.m / denom).astype(x.dtype) * out
-        return out + self.linear.bias if "bias" in self.linear else out
+
+@functools.cache
+def _cpu_dora_class() -> type:
+    # Built on first use: importing mlx_lm loads rich, which engine modules must not load at import.
+    from mlx_lm.tuner.dora import DoRALinear
+
+    doc = "mlx-lm's DoRALinear over a quantized layer, without keeping the dense weight for the backward pass."
+    return type("CPUQuantizedDoRALinear", (DoRALinear,), {"__call__": _dora_call, "__doc__": doc, "__module__": __name__})
+
+
+def __getattr__(name: str):
+    if name == "CPUQuantizedDoRALinear":  # quant.CPUQuantizedDoRALinear, made on first use
+        return _cpu_dora_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cpu_fast_path_applies() -> bool:
@@ -330,13 +347,16 @@ def use_cpu_fast_path(model: nn.Module, force: bool = False) -> int:
     """
     if not (force or cpu_fast_path_applies()):
         return 0
-    swaps = {nn.QuantizedLinear: CPUQuantizedLinear, nn.QuantizedEmbedding: CPUQuantizedEmbedding}
+    dora = sys.modules.get("mlx_lm.tuner.dora")  # not imported: the model has no DoRA layers
     swapped = 0
     for _, module in model.named_modules():
-        new = swaps.get(type(module))
-        if type(module) is DoRALinear and isinstance(module.linear, nn.QuantizedLinear):
-            new = CPUQuantizedDoRALinear
-        if new is not None:
-            module.__class__ = new
-            swapped += 1
+        if type(module) is nn.QuantizedLinear:
+            module.__class__ = CPUQuantizedLinear
+        elif type(module) is nn.QuantizedEmbedding:
+            module.__class__ = CPUQuantizedEmbedding
+        elif dora and type(module) is dora.DoRALinear and isinstance(module.linear, nn.QuantizedLinear):
+            module.__class__ = _cpu_dora_class()
+        else:
+            continue
+        swapped += 1
     return swapped

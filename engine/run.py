@@ -204,6 +204,22 @@ def resolve_auto_batch(cfg: Config, model, train_examples: int, memory_limit: in
             f"({peak_gb:.2f} GB peak at {t.max_seq_length} tokens, limit {memory_limit / 1e9:.1f} GB)")
 
 
+def prepare_model_dir(cfg: Config, log) -> Path:
+    """The model directory to train on: the base as it is, or its quantized copy for QLoRA."""
+    from engine import models, quant
+
+    model_dir = models.resolve(cfg.model)
+    try:
+        model_dir, report = quant.prepare_base(model_dir, cfg.quantize.bits, cfg.quantize.group_size, cfg.quantize.mode, log=log)
+    except quant.QuantizeError as e:
+        raise ConfigError(str(e)) from None
+    if report:
+        log("info", report.summary())
+    if quant.read_quantization(model_dir) and cfg.fine_tune_type == "full":
+        raise ConfigError("fine_tune_type=full needs full-precision weights; use lora or dora with a quantized model")
+    return model_dir
+
+
 def _sampler(model, tokenizer, train_cfg):
     from engine import use
 
@@ -256,7 +272,7 @@ def resume(run_dir: Path, emit: Callable[[P.Event], None], control, overrides: l
 
 
 def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool, base=None) -> bool:
-    from engine import batches, data, models, trainer
+    from engine import batches, data, models, quant, trainer
 
     record = RunRecord(run_dir)
     metrics = MetricsLog(run_dir)
@@ -278,7 +294,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool,
         from engine.doctor import environment_report
 
         record.update(status="loading", environment=environment_report(measure=True))
-        model_dir = base.model_dir if base else models.resolve(cfg.model)
+        model_dir = base.model_dir if base else prepare_model_dir(cfg, log)
         tokenizer = base.tokenizer if base else load_tokenizer(model_dir)
         splits = data.load_splits(
             Path(cfg.data.path),
@@ -296,6 +312,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool,
         log("warning" if guess.verdict != "fits" else "info", "\n".join(guess.lines()))
         model = base.fresh() if base else models.load(str(model_dir))[0]
         num_layers = apply_adapters(model, cfg)
+        quant.use_cpu_fast_path(model)  # dequantize + BLAS on the CPU backend; after the adapters, so DoRA gets it too
         if cfg.train.grad_checkpoint:
             enable_grad_checkpoint(model)
         resolve_auto_batch(cfg, model, len(splits["train"].examples), memory_limit, log)

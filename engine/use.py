@@ -52,9 +52,12 @@ def load(run_dir: Path, which: str = "latest", with_adapters: bool = True):
     from engine import models
 
     cfg = run.load_run_config(Path(run_dir))
-    model, tokenizer, _ = models.load(cfg.model)
+    adapters = adapter_dir(run_dir, which)
+    # The base the adapters were trained on (for QLoRA, the quantized copy).
+    model_path = json.loads((adapters / "adapter_config.json").read_text()).get("model_path", cfg.model)
+    model, tokenizer, _ = models.load(model_path if Path(model_path).is_dir() else cfg.model)
     if with_adapters:
-        load_adapters(model, str(adapter_dir(run_dir, which)))
+        load_adapters(model, str(adapters))
     model.eval()
     return model, tokenizer, cfg
 

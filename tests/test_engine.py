@@ -47,9 +47,9 @@ def max_abs_diff(a: dict, b: dict) -> float:
     return max(mx.max(mx.abs(a[k] - b[k])).item() for k in a)
 
 
-@pytest.mark.parametrize("fine_tune_type", ["lora", "dora", "full"])
-def test_training_reduces_validation_loss_and_adapters_load_in_mlx_lm(tmp_path, fine_tune_type):
-    events = train_run(tmp_path / "run", f"fine_tune_type={fine_tune_type}", "train.iters=30", "train.steps_per_eval=30")
+@pytest.mark.parametrize("fine_tune_type, bits", [("lora", 0), ("dora", 0), ("full", 0), ("lora", 4), ("dora", 4)])
+def test_training_reduces_validation_loss_and_adapters_load_in_mlx_lm(tmp_path, fine_tune_type, bits):
+    events = train_run(tmp_path / "run", f"fine_tune_type={fine_tune_type}", f"quantize.bits={bits}", "train.iters=30", "train.steps_per_eval=30")
     vals = val_losses(events)
     assert [s for s, _ in vals] == [0, 30]
     assert vals[-1][1] < vals[0][1] - 0.5, vals
@@ -58,7 +58,10 @@ def test_training_reduces_validation_loss_and_adapters_load_in_mlx_lm(tmp_path, 
     from mlx_lm.utils import load
 
     cfg = make_cfg()
-    model, tokenizer = load(str(models.resolve(cfg.model)), adapter_path=str(tmp_path / "run" / "adapters"))
+    adapter_cfg = json.loads((tmp_path / "run" / "adapters" / "adapter_config.json").read_text())
+    if bits:  # QLoRA: the adapters belong to the quantized copy of the base
+        assert json.loads((Path(adapter_cfg["model_path"]) / "config.json").read_text())["quantization"]["bits"] == bits
+    model, tokenizer = load(adapter_cfg["model_path"], adapter_path=str(tmp_path / "run" / "adapters"))
     splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4, mask_prompt=cfg.train.mask_prompt)
     val = trainer.evaluate(model, batches.eval_batches(splits["valid"], 4, 64, cfg.train.val_batches))
     assert val == pytest.approx(vals[-1][1], abs=1e-4)
