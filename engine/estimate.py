@@ -99,15 +99,18 @@ def _trainable(shape: Shape, cfg) -> int:
     return layers * per_layer
 
 
-def _activations(shape: Shape, micro_batch: int, seq: int, grad_checkpoint: bool, dsize: int, dora: bool = False) -> float:
+def _activations(shape: Shape, micro_batch: int, seq: int, grad_checkpoint: bool, dsize: int, dora: bool = False, layers: int | None = None) -> float:
+    """Bytes kept for the backward pass. Only the `layers` blocks that gradients flow through
+    count: with adapters on the last N blocks, nothing below them is differentiated."""
+    layers = shape.layers if layers is None else layers
     per_token_layer = PER_HIDDEN * shape.hidden + PER_INTERMEDIATE * shape.intermediate
     if dora:  # DoRA also keeps every adapted layer's output before its rescaling
         per_token_layer += sum(out for _, out in shape.linear_shapes().values())
     one_layer = micro_batch * seq * per_token_layer + PER_SCORE * micro_batch * shape.heads * seq * seq
-    logits = PER_VOCAB * micro_batch * seq * shape.vocab * 4  # the loss runs in float32
+    logits = PER_VOCAB * micro_batch * seq * shape.vocab * dsize
     if grad_checkpoint:  # keep each block's input; recompute one block at a time
-        return (shape.layers * micro_batch * seq * shape.hidden + one_layer) * dsize + logits
-    return shape.layers * one_layer * dsize + logits
+        return (layers * micro_batch * seq * shape.hidden + one_layer) * dsize + logits
+    return layers * one_layer * dsize + logits
 
 
 def estimate(cfg, model_config: dict, weight_bytes: int, budget_bytes: int, budget_source: str, quant_bits: int = 0, quant_group: int = 64) -> Estimate:
@@ -127,14 +130,15 @@ def estimate(cfg, model_config: dict, weight_bytes: int, budget_bytes: int, budg
     if micro == "auto":  # the probe will pick what fits; judge the smallest case
         micro = 1
     dora = cfg.fine_tune_type == "dora"
-    activations = _activations(shape, micro, cfg.train.max_seq_length, cfg.train.grad_checkpoint, dsize, dora)
+    layers = shape.layers if cfg.fine_tune_type == "full" or cfg.lora.num_layers == -1 else min(cfg.lora.num_layers, shape.layers)
+    activations = _activations(shape, micro, cfg.train.max_seq_length, cfg.train.grad_checkpoint, dsize, dora, layers)
     adapters = trainable if cfg.fine_tune_type != "full" else 0  # full fine-tuning trains the weights themselves
     total = (weights + adapters + gradients + optimizer + activations) * OVERHEAD
     verdict = "fits" if total <= TIGHT_FRACTION * budget_bytes else "tight" if total <= budget_bytes else "will not fit"
     advice = []
     if verdict != "fits":
         if not cfg.train.grad_checkpoint:
-            saved = activations - _activations(shape, micro, cfg.train.max_seq_length, True, dsize, dora)
+            saved = activations - _activations(shape, micro, cfg.train.max_seq_length, True, dsize, dora, layers)
             advice.append(f"train.grad_checkpoint=true saves about {saved * OVERHEAD / GB:.2f} GB")
         if micro > 1:
             advice.append(f"train.micro_batch_size={max(1, micro // 2)} halves the activations ({activations * OVERHEAD / GB / 2:.2f} GB saved) without changing the update")

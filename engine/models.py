@@ -74,8 +74,12 @@ def describe(model: str) -> tuple[dict, int]:
         return _describe_dir(_from_hub_cache(model))
     except ModelError:
         raise
-    except Exception:  # not cached: ask the hub for the config and the file sizes only
+    except Exception:  # not cached: a model the presets use is known; else ask the hub
         pass
+    from engine import known_models
+
+    if (known := known_models.describe(model)) is not None:
+        return known
     if not _hub_reachable():
         raise ModelError(f"model '{model}': not found locally, and the hub is unreachable")
     from huggingface_hub import HfApi, hf_hub_download
