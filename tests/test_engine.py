@@ -240,10 +240,13 @@ def test_running_short_of_memory_halves_the_micro_batch_and_keeps_the_update(tmp
     assert isinstance(events[-1], P.RunFinished) and events[-1].step == 4
     # Summed-loss micro-batches give the whole batch's gradient: same losses, same weights.
     assert [s for s, _ in losses(events)] == [s for s, _ in losses(whole)]
-    assert [v for _, v in losses(events)] == pytest.approx([v for _, v in losses(whole)], abs=1e-4)
-    # Only float summation order differs (Adam's g / sqrt(v) magnifies it where gradients are ~0).
-    assert max_abs_diff(adapters(tmp_path / "whole"), adapters(tmp_path / "limited")) < 2e-4
-    assert max_abs_diff(adapters(tmp_path / "whole"), adapters(tmp_path / "single")) < 2e-4
+    # Float summation order differs (more so on a GPU, whose fp32 matmuls may use TF32).
+    assert [v for _, v in losses(events)] == pytest.approx([v for _, v in losses(whole)], rel=1e-3)
+    # Only float summation order differs; Adam's g / sqrt(v) magnifies it where gradients are ~0,
+    # and on a GPU (TF32 matmuls, measured on CUDA: 7e-3) far more than on the CPU.
+    tolerance = 2e-4 if mx.default_device() == mx.cpu else 1e-2
+    assert max_abs_diff(adapters(tmp_path / "whole"), adapters(tmp_path / "limited")) < tolerance
+    assert max_abs_diff(adapters(tmp_path / "whole"), adapters(tmp_path / "single")) < tolerance
     saved = checkpoint.load_latest(tmp_path / "limited" / "checkpoints", make_cfg(*settings), lambda *a: None)
     assert saved.state["train_state"]["micro_splits"] > 1  # a resume keeps the smaller micro-batch
 
