@@ -4,6 +4,8 @@
   lora-mlx resume RUN_DIR [--set KEY=VALUE ...] [--stop-at STEP]
   lora-mlx generate | eval | fuse RUN_DIR ...
   lora-mlx estimate PRESET_OR_PATH [--set KEY=VALUE ...]
+  lora-mlx tune PRESET_OR_PATH [--trials N] [--timeout MIN] [--storage URL] [--study NAME] ...
+  lora-mlx trials STUDY_OR_DIR [--storage URL] [--promote NAME]
   lora-mlx runs [--root DIR]
   lora-mlx doctor
 
@@ -148,6 +150,10 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list runs and their state")
     runs.add_argument("--root", type=Path, help="folder holding runs (default: $LORA_MLX_RUNS or ./runs)")
+
+    from engine import tune
+
+    tune.add_parsers(sub)
     return parser
 
 
@@ -186,7 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "runs":
         return list_runs(args.root)
+    if args.command == "trials":  # reads a study: no mlx needed
+        from engine import tune
+
+        return tune.main(args)
     _prepare_engine_process(show_warnings=args.command != "doctor")  # the doctor lists them itself
+    if args.command == "tune":
+        from engine import tune
+
+        return tune.main(args)
     if args.command == "doctor":
         from engine.doctor import run_doctor
 

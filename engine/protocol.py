@@ -113,6 +113,55 @@ class MemorySampled(Event):
     limit_gb: float
 
 
+# A study (lora-mlx tune): its trials' own run events pass through between TrialStarted and TrialFinished.
+@dataclass(frozen=True)
+class StudyStarted(Event):
+    study: str
+    study_dir: str
+    storage: str  # the URL with any password hidden
+    trials_target: int
+    trials_done: int  # finished trials already in the study (a resumed study has some)
+    sampler: str
+    pruner: str
+    space: dict  # {key: {type, low, high, log, step} or {type, choices}}
+
+
+@dataclass(frozen=True)
+class TrialStarted(Event):
+    study: str
+    number: int
+    params: dict
+    run_dir: str
+    retry_of: int | None = None  # the trial this one re-runs (its worker died or it was stopped)
+
+
+@dataclass(frozen=True)
+class TrialFinished(Event):
+    study: str
+    number: int
+    state: str  # complete, pruned or failed
+    value: float | None  # best validation loss (the objective; for a pruned trial, the best before pruning)
+    best_step: int | None
+    pruned_at_step: int | None
+    duration_s: float
+    reason: str | None  # why it failed
+    adapter_path: str | None  # its best adapters (a checkpoint directory mlx-lm can load)
+
+
+@dataclass(frozen=True)
+class StudyFinished(Event):
+    study: str
+    complete: int
+    pruned: int
+    failed: int
+    lost: int  # of the failed: stopped, or their worker died; they do not count toward the target
+    best_number: int | None
+    best_value: float | None
+    best_params: dict
+    best_adapter_path: str | None
+    reason: str  # done, stopped, timeout, grid exhausted, failing
+
+
 @dataclass(frozen=True)
 class EngineGone(Event):
     """Said by the client side, never by the engine: the engine process ended without a final event."""
@@ -128,6 +177,7 @@ EVENT_TYPES = {
     for cls in (
         RunStarted, StepReported, EvalReported, SampleGenerated, CheckpointSaved, Paused, Resumed,
         LogMessage, RunFinished, RunFailed, MemorySampled, EngineGone,
+        StudyStarted, TrialStarted, TrialFinished, StudyFinished,
     )
 }
 

@@ -1,0 +1,581 @@
+"""Hyperparameter studies with Optuna: every trial is a normal run; a study survives kills.
+
+`run_study()` loads the base model once, then runs trials until the study holds `trials`
+finished ones (complete, pruned, or failed on their own; a trial whose worker died or was
+stopped does not count). Each trial is a run in STUDY_DIR/trial-NNNN/ with fresh adapters and
+optimizer on the shared base. Its objective is its best validation loss (the checkpoint kept as
+best holds exactly those adapters); every evaluation is reported, so a pruner can stop it early.
+
+Storage is a SQLite file, STUDY_DIR/study.db, unless `--storage URL` names another database
+(several workers, on several machines, then share one study). Heartbeats mark a trial whose
+worker vanished (kill -9, crash, power cut) as failed, and a rerun of the same command
+continues the study. Reading a study (leaderboard, importances, promote) is engine/trials.py,
+which needs no mlx; `lora-mlx tune` and `lora-mlx trials` are `add_parsers` + `main` below.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine import config as config_mod, protocol as P, search
+from engine.protocol import StudyFinished, StudyStarted, TrialFinished, TrialStarted
+from engine.trials import TrialRow, hide_password, importances, leaderboard, open_storage, row_of, studies_root  # noqa: F401  (leaderboard, importances, TrialRow: re-exported for the UI)
+from engine.config import Config, ConfigError
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+TPE_STARTUP_TRIALS = 10  # Optuna's default: TPE samples at random until this many trials exist
+WAIT_POLL_S = 2.0
+
+
+@dataclass
+class StudySettings:
+    name: str
+    trials: int = 20
+    timeout_min: float | None = None
+    storage: str | None = None  # None: sqlite in the study directory
+    sampler: str = "tpe"
+    pruner: str = "median"
+    pruner_startup: int = 5  # median: complete trials before any is pruned
+    pruner_warmup_steps: int = 0  # median: no pruning before this training step
+    retry_failed: int = 0  # re-runs of a trial whose worker died or that was stopped
+    heartbeat_s: int = 10
+    grace_s: int = 60
+    root: Path | None = None  # folder of studies
+
+    @property
+    def study_dir(self) -> Path:
+        return ((self.root or studies_root()) / self.name).resolve()
+
+
+class StudyControl:
+    """Stop a study from another thread or a signal handler: the running trial stops at its
+    next step boundary with a checkpoint, and no new trial starts."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.trial_control = None
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.trial_control is not None:
+            self.trial_control.submit(P.Stop())
+
+
+def _machine_id() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _worker_id() -> str:
+    import psutil
+
+    return f"{_machine_id()}:{os.getpid()}:{psutil.Process().create_time():.2f}"
+
+
+def check_plan(cfg: Config, space: search.SearchSpace, s: StudySettings) -> list[str]:
+    """Refuse settings that cannot work (ConfigError); return warnings for ones that work poorly."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", s.name):
+        raise ConfigError(f"--study {s.name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    for flag, value, low in (("--trials", s.trials, 1), ("--retry-failed", s.retry_failed, 0), ("--heartbeat", s.heartbeat_s, 1),
+                             ("--pruner-startup", s.pruner_startup, 0), ("--pruner-warmup", s.pruner_warmup_steps, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} {value}: must be at least {low}")
+    if s.grace_s <= s.heartbeat_s:
+        raise ConfigError(f"--grace {s.grace_s}: must be longer than --heartbeat ({s.heartbeat_s} s)")
+    if s.timeout_min is not None and s.timeout_min <= 0:
+        raise ConfigError(f"--timeout {s.timeout_min:g}: must be a positive number of minutes")
+    if not (Path(cfg.data.path) / "valid.jsonl").exists():
+        raise ConfigError(f"data: {cfg.data.path}/valid.jsonl is missing; a study scores each trial by its validation loss")
+    notes = []
+    prunable = (cfg.train.iters - 1) // cfg.train.steps_per_eval  # evaluations before the last step
+    evals = prunable + 1
+    if s.sampler == "grid":
+        size = space.grid_size() if space.grid() else 0
+        if size > s.trials:
+            notes.append(f"the grid has {size} points and --trials is {s.trials}: only {s.trials} of them will run")
+    elif s.sampler == "tpe" and s.trials <= TPE_STARTUP_TRIALS:
+        notes.append(
+            f"TPE picks its first {TPE_STARTUP_TRIALS} trials at random, so with --trials {s.trials} this is a random "
+            f"search; run more than {TPE_STARTUP_TRIALS} trials for TPE to help"
+        )
+    if s.pruner != "none" and not prunable:
+        notes.append(
+            f"no trial can be pruned: each trial evaluates only at its end (train.steps_per_eval {cfg.train.steps_per_eval} "
+            f"vs train.iters {cfg.train.iters}); lower train.steps_per_eval to evaluate along the way"
+        )
+    elif s.pruner == "median" and s.trials <= s.pruner_startup:
+        notes.append(f"no trial can be pruned: the median pruner starts after {s.pruner_startup} complete trials (--pruner-startup)")
+    elif s.pruner == "hyperband" and evals < 9:
+        brackets = int(math.log(max(evals, 1), 3)) + 1
+        notes.append(
+            f"hyperband with {evals} evaluations per trial has only {brackets} bracket(s) and prunes little; "
+            f"lower train.steps_per_eval to at least {max(cfg.train.iters // 9, 1)} or use --pruner median"
+        )
+    return notes
+
+
+def _sampler(s: StudySettings, space: search.SearchSpace, seed: int):
+    import optuna
+
+    if s.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)
+
+
+def _pruner(s: StudySettings, cfg: Config):
+    import optuna
+
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup, n_warmup_steps=s.pruner_warmup_steps)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.train.steps_per_eval, max_resource=cfg.train.iters, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+# Keys a worker may set differently from the study's first: where things are, memory and bookkeeping.
+_LOCAL_KEYS = set(config_mod.RESUME_CHANGEABLE) - {"train.iters", "train.steps_per_eval", "train.val_batches"}
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    flat = {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in cfg_dict.items() for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+    out = {k: v for k, v in flat.items() if k not in _LOCAL_KEYS}
+    for key in ("data.path", "model"):  # paths differ across machines: compare the folder name
+        out[key] = Path(str(out[key])).name if "/" in str(out[key]) else out[key]
+    return json.loads(json.dumps(out))
+
+
+def _open_study(storage, s: StudySettings, cfg: Config, space: search.SearchSpace, preset: dict):
+    """Create the study or load it; refuse to continue one begun with other settings."""
+    import optuna
+
+    try:
+        existing = len(storage.get_all_trials(storage.get_study_id_from_name(s.name), deepcopy=False))
+    except KeyError:
+        existing = 0
+    # The preset's seed, moved on by the trials already run (a resume must not repeat their samples);
+    # workers sharing a storage also mix in who they are, or two would start with the same samples.
+    seed = (cfg.seed + 1_000_003 * existing) % 2**32
+    if s.storage is not None:
+        seed = zlib.crc32(f"{seed}:{_worker_id()}".encode())
+    study = optuna.create_study(
+        storage=storage, study_name=s.name, direction="minimize", load_if_exists=True,
+        sampler=_sampler(s, space, seed), pruner=_pruner(s, cfg),
+    )
+    mine = {"config": _comparable(cfg.to_dict()), "space": json.loads(json.dumps(space.to_dict()))}
+    attrs = study.user_attrs
+    if "config" not in attrs:
+        for key, value in {**mine, "full_config": cfg.to_dict(), "preset": preset}.items():
+            study.set_user_attr(key, value)
+        return study
+    differ = [k for k in sorted(set(attrs["config"]) | set(mine["config"])) if attrs["config"].get(k) != mine["config"].get(k)]
+    if differ:
+        k = differ[0]
+        raise ConfigError(
+            f"study '{s.name}' was started with {k}={attrs['config'].get(k)!r}, this preset has {mine['config'].get(k)!r}; "
+            f"its trials would not be comparable: use --study NEW_NAME, or the study's settings"
+        )
+    if attrs["space"] != mine["space"]:
+        raise ConfigError(
+            f"study '{s.name}' searches {attrs['space']}, this preset searches {mine['space']}; use --study NEW_NAME"
+        )
+    return study
+
+
+class _Trial:
+    """The objective: one trial as a run on the shared base; reports evals, stops when pruned."""
+
+    def __init__(self, cfg, space, s: StudySettings, base, storage, study_id, emit, control: StudyControl):
+        self.cfg, self.space, self.s, self.base = cfg, space, s, base
+        self.storage, self.study_id, self.emit, self.control = storage, study_id, emit, control
+        self.worker = _worker_id()
+        self.last_number: int | None = None
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        from engine import run
+        from engine.control import Control
+
+        self.last_number = trial.number
+        run_dir = self.s.study_dir / f"trial-{trial.number:04d}"
+        frozen = self.storage.get_trial(self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number))
+        retry_of = frozen.system_attrs.get("failed_trial")
+        attrs = {"run_dir": str(run_dir), "host": socket.gethostname(), "worker": self.worker}
+        if retry_of is not None:  # a retry carries its original's attributes: start clean
+            attrs.update(fail_reason=None, interrupted=False, pruned_at_step=None, best_val_loss=None, best_step=None, adapter_path=None)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        params = self.space.suggest(trial)
+        self.emit(TrialStarted(self.s.name, trial.number, params, str(run_dir), retry_of))
+        control = Control()
+        self.control.trial_control = control
+        watch = _Watch(trial, control, self.cfg.train.iters, self.emit)
+        try:
+            finished = run.start(search.apply(self.cfg, params), run_dir, watch, control, base=self.base)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", f"aborted at step {watch.step} (second Ctrl-C)")
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            raise
+        finally:
+            self.control.trial_control = None
+            watch.record_best(trial, run_dir)
+            _release_memory()
+        if watch.pruned_at is not None and not finished:
+            trial.set_user_attr("pruned_at_step", watch.pruned_at)
+            raise optuna.TrialPruned(f"pruned at step {watch.pruned_at}")
+        if not finished:
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", f"stopped at step {watch.step}; its checkpoint is in {run_dir}")
+            raise _Stopped()
+        if watch.best_value is None:
+            raise RuntimeError("no finite validation loss at any evaluation")
+        return watch.best_value
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Watch:
+    """Sees a trial's run events: reports each eval to Optuna, asks the pruner, remembers the best."""
+
+    def __init__(self, trial, control, iters: int, emit):
+        self.trial, self.control, self.iters, self.emit = trial, control, iters, emit
+        self.step = 0
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.pruned_at: int | None = None
+        self.best_checkpoints: dict[int, str] = {}
+
+    def __call__(self, event: P.Event) -> None:
+        self.emit(event)
+        if isinstance(event, (P.StepReported, P.CheckpointSaved)):
+            self.step = max(self.step, event.step)
+        if isinstance(event, P.CheckpointSaved) and event.reason == "best":
+            self.best_checkpoints[event.step] = event.path
+        if not isinstance(event, P.EvalReported) or event.step == 0 or not math.isfinite(event.val_loss):
+            return  # step 0 is the untrained base: the same for every trial
+        if self.best_value is None or event.val_loss < self.best_value:
+            self.best_value, self.best_step = event.val_loss, event.step
+        self.trial.report(event.val_loss, event.step)
+        if self.pruned_at is None and event.step < self.iters and self.trial.should_prune():
+            self.pruned_at = event.step
+            self.control.submit(P.Stop())
+
+    def record_best(self, trial, run_dir: Path) -> None:
+        if self.best_value is None:
+            return
+        path = self.best_checkpoints.get(self.best_step) or str(run_dir / "adapters")
+        for key, value in (("best_val_loss", self.best_value), ("best_step", self.best_step), ("adapter_path", path)):
+            trial.set_user_attr(key, value)
+
+
+def _release_memory() -> None:
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+
+
+def _fail_dead_local_trials(study, storage, study_id, retry: int, emit) -> None:
+    """A RUNNING trial whose worker was a process on this machine that is gone: fail it now
+    (heartbeats would, after the grace period) and queue its retry if asked."""
+    import psutil
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        machine, _, rest = str(t.user_attrs.get("worker", "")).partition(":")
+        if machine != _machine_id():
+            continue
+        pid, _, created = rest.partition(":")
+        try:
+            alive = abs(psutil.Process(int(pid)).create_time() - float(created)) < 0.05
+            alive = alive and psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+        except (psutil.NoSuchProcess, ValueError):
+            alive = False
+        if alive:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:  # attributes first: a finished trial cannot take them
+            storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker (pid {pid}) died while it ran")
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        emit(P.LogMessage("warning", f"trial {t.number} was left running by a worker that died (pid {pid}); marked failed"))
+        if retry:
+            _retry(study, storage.get_trial(trial_id), retry)
+
+
+def _retry(study, trial, max_retry: int) -> None:
+    """Queue a WAITING copy of a lost trial (same values), as heartbeats do, up to max_retry re-runs."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)
+
+
+def _retry_lost(study, retry: int) -> None:
+    """Queue a re-run of each trial that was lost (its worker died, or it was stopped) and has none yet."""
+    from optuna.trial import TrialState
+
+    all_trials = study.get_trials(deepcopy=False)
+    retried = {n for t in all_trials for n in t.system_attrs.get("retry_history", [])}
+    for t in all_trials:
+        if t.state == TrialState.FAIL and not _counts_as_done(t) and t.number not in retried:
+            _retry(study, t, retry)
+
+
+def _counts_as_done(t) -> bool:
+    from optuna.trial import TrialState
+
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") is not None and not t.user_attrs.get("interrupted")
+
+
+def run_study(cfg: Config, space: search.SearchSpace, s: StudySettings, emit: Callable[[P.Event], None],
+              control: StudyControl | None = None, preset: dict | None = None) -> StudyFinished:
+    """Run trials until the study holds s.trials finished ones, it is stopped, times out, or keeps failing.
+
+    `preset` ({"path", "keys"}: the preset and the keys it and --set gave) lets `promote` write a
+    preset like it. Several processes may run this on one study (a shared --storage).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from engine import models, run
+
+    deadline = time.monotonic() + s.timeout_min * 60 if s.timeout_min else None  # counts the loading too
+    control = control or StudyControl()
+    for note in check_plan(cfg, space, s):
+        emit(P.LogMessage("warning", note))
+    s.study_dir.mkdir(parents=True, exist_ok=True)
+    url = s.storage or f"sqlite:///{(s.study_dir / 'study.db').resolve()}"
+    storage = open_storage(url, s.heartbeat_s, s.grace_s, s.retry_failed)
+    study = _open_study(storage, s, cfg, space, preset or {})
+    study_id = storage.get_study_id_from_name(s.name)
+    (s.study_dir / "study.json").write_text(json.dumps({"study": s.name, "storage": hide_password(url)}, indent=2) + "\n")
+    target = min(s.trials, space.grid_size()) if s.sampler == "grid" else s.trials
+    done = sum(_counts_as_done(t) for t in study.get_trials(deepcopy=False))
+    emit(StudyStarted(s.name, str(s.study_dir), hide_password(url), target, done, s.sampler, s.pruner, space.to_dict()))
+    model_dir = run.prepare_model_dir(cfg, lambda level, text: emit(P.LogMessage(level, text)))  # quantized for QLoRA
+    base = models.Base(str(model_dir))  # once per study; every trial starts from it untouched
+    objective = _Trial(cfg, space, s, base, storage, study_id, emit, control)
+    reason, failures, first = "done", [], True
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # another machine's worker went silent
+        _fail_dead_local_trials(study, storage, study_id, s.retry_failed, emit)
+        if first and s.retry_failed:  # trials stopped or lost before this run
+            _retry_lost(study, s.retry_failed)
+        first = False
+        trials = study.get_trials(deepcopy=False)
+        done = sum(_counts_as_done(t) for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if done >= target:
+            break
+        if control.stopping or (deadline and time.monotonic() > deadline):
+            reason = "stopped" if control.stopping else "timeout"
+            break
+        if s.sampler == "grid" and not waiting and study.sampler.is_exhausted(study) and not running:
+            reason = "grid exhausted"
+            break
+        if done + running >= target:  # other workers run the last trials; take over if one of them dies
+            time.sleep(WAIT_POLL_S)
+            continue
+        objective.last_number = None
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        if objective.last_number is None:
+            continue
+        frozen = study.get_trials(deepcopy=False)[objective.last_number]
+        row = row_of(frozen)
+        emit(TrialFinished(s.name, row.number, row.state, row.value, row.best_step, row.pruned_at_step,
+                           row.duration_s or 0.0, row.reason, row.adapter_path))
+        failures = failures + [row.reason] if row.state == "failed" and not frozen.user_attrs.get("interrupted") else []
+        if len(failures) >= 3 and len(set(failures[-3:])) == 1:
+            emit(P.LogMessage("warning", f"3 trials in a row failed the same way; stopping the study: {failures[-1]}"))
+            reason = "failing"
+            break
+    return _summary(s.name, study, reason, emit)
+
+
+def _summary(name: str, study, reason: str, emit) -> StudyFinished:
+    rows = leaderboard(study)
+    count = {state: sum(r.state == state for r in rows) for state in ("complete", "pruned", "failed")}
+    lost = sum(t.state.name == "FAIL" and not _counts_as_done(t) for t in study.get_trials(deepcopy=False))
+    best = next((r for r in rows if r.state == "complete"), None)
+    finished = StudyFinished(
+        name, count["complete"], count["pruned"], count["failed"], lost, best and best.number, best and best.value,
+        best.params if best else {}, best and best.adapter_path, reason,
+    )
+    emit(finished)
+    return finished
+
+
+
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ABORTED = 0, 1, 2, 130
+
+
+def add_parsers(sub) -> None:
+    """`tune` and `trials` on the lora-mlx command line."""
+    tune = sub.add_parser("tune", help="search hyperparameters: a study of trials (Optuna)")
+    tune.add_argument("preset", help="preset name (e.g. demo) or path to a YAML file; its search: section is the space")
+    tune.add_argument("--trials", type=int, default=20, help="finished trials the study should hold; a rerun continues up to it (default 20)")
+    tune.add_argument("--timeout", type=float, metavar="MIN", help="start no new trial after this many minutes")
+    tune.add_argument("--storage", metavar="URL", help="a SQLAlchemy URL, e.g. postgresql://user@host/db, shared by workers (default: studies/STUDY/study.db)")
+    tune.add_argument("--study", metavar="NAME", help="study name (default: the preset's name)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key for every trial")
+    tune.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="how trials pick values (default tpe, seeded by the preset's seed)")
+    tune.add_argument("--pruner", choices=PRUNERS, default="median", help="how unpromising trials are stopped early (default median)")
+    tune.add_argument("--pruner-startup", type=int, default=5, metavar="N", help="median: complete trials before any is pruned (default 5)")
+    tune.add_argument("--pruner-warmup", type=int, default=0, metavar="STEPS", help="median: never prune before this training step (default 0)")
+    tune.add_argument("--retry-failed", type=int, default=0, metavar="N", help="re-run a trial whose worker died or that was stopped, up to N times")
+    tune.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="how often a worker says it is alive (default 10)")
+    tune.add_argument("--grace", type=int, default=60, metavar="SECONDS", help="a trial silent this long is marked failed (default 60)")
+    tune.add_argument("--root", type=Path, help="folder holding studies (default: $LORA_MLX_STUDIES or ./studies)")
+
+    trials = sub.add_parser("trials", help="a study's leaderboard and its best adapters; --promote writes a preset")
+    trials.add_argument("study", help="study name or directory")
+    trials.add_argument("--storage", metavar="URL", help="the study's storage, when not its directory's study.db")
+    trials.add_argument("--root", type=Path, help="folder holding studies (default: $LORA_MLX_STUDIES or ./studies)")
+    trials.add_argument("--promote", metavar="NAME", help="write a preset with the best trial's values (a name or a .yaml path)")
+
+
+def main(args) -> int:
+    """Run `lora-mlx tune` or `lora-mlx trials`; exit 2 for bad config, data, model or storage."""
+    from engine import checkpoint, models
+    from engine.data import DataError
+
+    try:
+        if args.command == "trials":
+            from engine import trials
+
+            return trials.show(args.study, args.storage, args.root, args.promote)
+        return _tune(args)
+    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("aborted; the trial that was running is marked failed, and a rerun continues the study", file=sys.stderr)
+        return EXIT_ABORTED
+
+
+def _tune(args) -> int:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the printer says what happened, once
+    path = config_mod.resolve_preset(args.preset)
+    values = config_mod.read_yaml(path)
+    cfg = config_mod.load(args.preset, args.overrides)
+    space = search.parse(values.get("search"), str(path), cfg)
+    s = StudySettings(
+        name=args.study or path.stem, trials=args.trials, timeout_min=args.timeout, storage=args.storage,
+        sampler=args.sampler, pruner=args.pruner, pruner_startup=args.pruner_startup, pruner_warmup_steps=args.pruner_warmup,
+        retry_failed=args.retry_failed, heartbeat_s=args.heartbeat, grace_s=args.grace, root=args.root,
+    )
+    keys = [k for k in values if k not in config_mod.OWN_SECTIONS] + [config_mod.parse_override(o)[0] for o in args.overrides]
+    check_plan(cfg, space, s)  # refusals before any signal handler or model
+    control = StudyControl()
+    _install_stop_handlers(control)
+    result = run_study(cfg, space, s, _Printer(), control, preset={"path": str(path), "keys": keys})
+    nothing_learned = result.reason == "done" and not (result.complete or result.pruned)
+    return EXIT_FAILED if result.reason == "failing" or nothing_learned else EXIT_OK
+
+
+def _install_stop_handlers(control: StudyControl) -> None:
+    """First Ctrl-C (or SIGTERM) stops the running trial with a checkpoint and ends the study; a second aborts."""
+
+    def on_signal(signum, frame):
+        if control.stopping:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        print("\nstopping the study after this step (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+        control.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+class _Printer:
+    """A study's events as lines on stdout: trials, their evaluations, warnings, the summary."""
+
+    def __call__(self, e: P.Event) -> None:
+        line = self.format(e)
+        if line:
+            print(line, flush=True)
+
+    def format(self, e: P.Event) -> str | None:
+        from engine.trials import format_params
+
+        if isinstance(e, StudyStarted):
+            space = "; ".join(f"{k} {search.Param(k, **v).describe()}" for k, v in e.space.items())
+            return (f"study {e.study}: {e.trials_done} of {e.trials_target} trials done; sampler {e.sampler}, pruner {e.pruner}\n"
+                    f"storage: {e.storage}\nsearching: {space}")
+        if isinstance(e, TrialStarted):
+            again = f" (retry of trial {e.retry_of})" if e.retry_of is not None else ""
+            return f"trial {e.number}{again}: {format_params(e.params)}\n  run dir: {e.run_dir}"
+        if isinstance(e, P.EvalReported) and e.step > 0:
+            return f"  step {e.step}: val_loss {e.val_loss:.4f}"
+        if isinstance(e, P.LogMessage) and e.level == "warning":
+            return f"warning: {e.text}"
+        if isinstance(e, TrialFinished):
+            if e.state == "complete":
+                return f"trial {e.number} complete: val_loss {e.value:.4f} (best at step {e.best_step}) in {e.duration_s:.0f} s"
+            if e.state == "pruned":
+                return f"trial {e.number} pruned at step {e.pruned_at_step} in {e.duration_s:.0f} s"
+            return f"trial {e.number} failed: {e.reason}"
+        if isinstance(e, StudyFinished):
+            why = {"done": "finished", "stopped": "stopped", "timeout": "timed out", "grid exhausted": "finished (grid exhausted)",
+                   "failing": "stopped (trials keep failing)"}[e.reason]
+            text = f"study {e.study} {why}: {e.complete} complete, {e.pruned} pruned, {e.failed} failed"
+            if e.lost:
+                text += f" ({e.lost} stopped or lost with their worker: they do not count; --retry-failed N re-runs them)"
+            if e.reason in ("stopped", "timeout"):
+                text += "\ncontinue it with the same command"
+            if e.best_number is not None:
+                text += f"\nbest: trial {e.best_number}, val_loss {e.best_value:.4f}: {format_params(e.best_params)}\nadapters: {e.best_adapter_path}"
+            return text + f"\nleaderboard: lora-mlx trials {e.study}"
+        return None
+
+
+if __name__ == "__main__":  # python -m engine.tune tune|trials ... (as lora-mlx tune|trials)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="lora-mlx")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    parsed = parser.parse_args()
+    if parsed.command == "tune":
+        from engine import blas
+
+        blas.setup()
+    sys.exit(main(parsed))
