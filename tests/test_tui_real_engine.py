@@ -1,0 +1,51 @@
+"""The dashboard driving the real engine on builtin:tiny, end to end, with a pause in the middle."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.client import ENGINE_COMMAND
+from tui_support import fake_env, make_app, pilot_test, set_field, until  # noqa: F401 (fake_env is a fixture)
+
+SETTINGS = {
+    "train.iters": "30",
+    "train.steps_per_report": "5",
+    "train.steps_per_eval": "15",
+    "train.save_every": "15",
+    "train.sample_prompt": "hi! what is your name?",
+    "train.sample_max_tokens": "8",
+}
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(line["step"], line["train_loss"]) for line in lines if line["event"] == "train"]
+
+
+@pilot_test
+async def test_start_pause_resume_finish_on_the_real_engine_matches_a_headless_run(fake_env, tmp_path):
+    app = make_app(fake_env, engine=ENGINE_COMMAND)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key, value in SETTINGS.items():
+            set_field(app, key, value)
+        await pilot.pause()
+        await pilot.press("s")
+        await until(pilot, lambda: app.main.view.step >= 5, timeout_s=120, what="the first report")
+        await pilot.press("p")
+        await until(pilot, lambda: app.main.view.state == "paused", timeout_s=60, what="paused")
+        await pilot.press("p")
+        await until(pilot, lambda: app.main.view.state == "finished", timeout_s=180, what="finished")
+        view = app.main.view
+        assert view.train.steps == [5, 10, 15, 20, 25, 30] and view.val.steps == [0, 15, 30]
+        assert view.memory is not None and view.memory.rss_gb > 0
+        assert view.sample is not None and view.sample.step == 30 and view.sample.prompt == "hi! what is your name?"
+        assert view.best_val_loss is not None and view.detail == "adapters in adapters"
+        run_dir = Path(view.run_dir)
+    assert (run_dir / "adapters" / "adapters.safetensors").exists()
+
+    headless = tmp_path / "headless"
+    overrides = [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
+    preset = str(fake_env.parent / "test-presets" / "demo.yaml")  # the preset the app was opened on
+    subprocess.run([sys.executable, "-m", "engine.cli", "train", preset, *overrides, "--run-dir", str(headless)], check=True, capture_output=True)
+    assert train_losses(run_dir) == train_losses(headless)  # pausing through the UI kept the exact trajectory

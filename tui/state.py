@@ -1,0 +1,257 @@
+"""What the dashboard knows about one run, folded from engine events.
+
+Pure logic: no Textual, no files, no clock. The screen feeds events in and
+hands the result to widgets, so every number on screen comes from an event
+(which is also what makes the snapshots deterministic).
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import protocol as P
+
+ACTIVE_STATES = ("starting", "running", "paused", "stopping")
+PAUSED_DETAIL = "model kept in memory; p resumes"
+LOG_HEADER = "Last lines of engine.log:"
+LOG_TAIL_SHOWN = 6  # lines of engine.log in the failure report: enough to see why, few enough to fit 80x24
+FINAL_STATES = ("finished", "failed")
+
+
+@dataclass
+class Series:
+    """A curve: y values against step."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def add(self, step: int, value: float) -> None:
+        self.steps.append(step)
+        self.values.append(value)
+
+    def keep_through(self, step: int) -> None:
+        """Drop points after step (a resumed run repeats the steps after its checkpoint)."""
+        while self.steps and self.steps[-1] > step:
+            self.steps.pop()
+            self.values.pop()
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass
+class Update:
+    """Which parts of the view an event batch changed, and the log lines it added."""
+
+    state: bool = False
+    progress: bool = False
+    chart: bool = False
+    memory: bool = False
+    sample: bool = False
+    log_lines: list[str] = field(default_factory=list)
+
+    def merge(self, other: Update) -> None:
+        self.state |= other.state
+        self.progress |= other.progress
+        self.chart |= other.chart
+        self.memory |= other.memory
+        self.sample |= other.sample
+        self.log_lines += other.log_lines
+
+
+@dataclass
+class RunView:
+    """One run as the dashboard shows it."""
+
+    state: str = "idle"  # idle, starting, running, paused, stopping, finished, failed
+    run_dir: str = ""
+    detail: str = ""  # one line beside the state: "pausing at the next step", "stopped early at step 40"
+    total_steps: int = 0
+    start_step: int = 0
+    step: int = 0
+    epoch: float = 0.0
+    train_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_s: float | None = None
+    last_eval: P.EvalReported | None = None
+    best_val_loss: float | None = None
+    last_checkpoint: str | None = None
+    train: Series = field(default_factory=Series)
+    val: Series = field(default_factory=Series)
+    memory: P.MemorySampled | None = None
+    sample: P.SampleGenerated | None = None  # the model's latest answer to train.sample_prompt
+    failure: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+    _rate_ref: tuple[int, float] | None = None
+    _seconds_per_step: float | None = None
+
+    @property
+    def run_name(self) -> str:
+        return Path(self.run_dir).name if self.run_dir else ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def request(self, command: P.Command) -> Update:
+        """The user asked for something; show it until the engine confirms."""
+        if isinstance(command, P.Stop):
+            self.state, self.detail = "stopping", "saving a checkpoint, then stopping"
+        elif isinstance(command, P.Pause):
+            self.detail = "pausing at the next step"
+        elif isinstance(command, P.Resume):
+            self.detail = "resuming"
+        elif isinstance(command, P.SaveCheckpoint):
+            self.detail = "saving a checkpoint"
+        return Update(state=True)
+
+    def apply(self, events: list[P.Event]) -> Update:
+        update = Update()
+        for event in events:
+            update.merge(self._apply(event))
+        return update
+
+    def _apply(self, e: P.Event) -> Update:
+        if isinstance(e, P.StepReported):
+            return self._step(e)
+        if isinstance(e, P.MemorySampled):
+            self.memory = e
+            return Update(memory=True)
+        if isinstance(e, P.EvalReported):
+            self.last_eval = e
+            self.val.add(e.step, e.val_loss)
+            if e.val_loss == e.val_loss and (self.best_val_loss is None or e.val_loss < self.best_val_loss):
+                self.best_val_loss = e.val_loss
+            return Update(progress=True, chart=True, log_lines=[f"eval at step {e.step}: val_loss {e.val_loss:.4f} ({e.seconds_taken:.1f} s)"])
+        if isinstance(e, P.SampleGenerated):
+            self.sample = e
+            return Update(sample=True, log_lines=[f"sample at step {e.step}: {e.text!r}"])
+        if isinstance(e, P.RunStarted):
+            return self._started(e)
+        if isinstance(e, P.CheckpointSaved):
+            self.step = max(self.step, e.step)
+            self.last_checkpoint = e.path
+            if self.detail == "saving a checkpoint":
+                self.detail = PAUSED_DETAIL if self.state == "paused" else ""
+            return Update(state=True, log_lines=[f"checkpoint ({e.reason}) at step {e.step}: {self._short(e.path)}"])
+        if isinstance(e, P.Paused):
+            self.step = max(self.step, e.step)
+            if self.state != "stopping":
+                self.state, self.detail = "paused", PAUSED_DETAIL
+            return Update(state=True, log_lines=[f"paused at step {e.step}"])
+        if isinstance(e, P.Resumed):
+            if self.state != "stopping":
+                self.state, self.detail = "running", ""
+            self._rate_ref = None  # the pause is not training time
+            return Update(state=True, log_lines=[f"resumed at step {e.step}"])
+        if isinstance(e, P.LogMessage):
+            return Update(log_lines=[f"warning: {e.text}" if e.level == "warning" else e.text])
+        if isinstance(e, P.RunFinished):
+            return self._finished(e)
+        if isinstance(e, P.RunFailed):
+            self.state, self.detail = "failed", e.reason
+            self.last_checkpoint = e.last_checkpoint or self.last_checkpoint
+            self.eta_s = None
+            self.failure = [f"The run failed at step {e.step}: {e.reason}", *e.details, *self._resume_hint()]
+            return Update(state=True, progress=True, log_lines=[f"run failed at step {e.step}: {e.reason}"])
+        if isinstance(e, P.EngineGone):
+            return self._gone(e)
+        return Update()
+
+    def _started(self, e: P.RunStarted) -> Update:
+        self.state, self.detail, self.failure, self.stopped_early = "running", "", [], False
+        self.run_dir = e.run_dir or self.run_dir
+        self.total_steps, self.start_step, self.step = e.total_steps, e.start_step, e.start_step
+        self.train.keep_through(e.start_step)
+        self.val.keep_through(e.start_step)
+        self._rate_ref, self.eta_s = None, None
+        what = f"resumed at step {e.start_step}" if e.resumed_from else "started"
+        line = (
+            f"{what}: {e.total_steps} steps, {e.train_examples} train / {e.valid_examples} valid examples, "
+            f"{e.trainable_parameters / 1e6:.3f}M of {e.total_parameters / 1e6:.3f}M parameters trainable"
+        )
+        return Update(state=True, progress=True, chart=True, log_lines=[line])
+
+    def _step(self, e: P.StepReported) -> Update:
+        self.step, self.epoch = e.step, e.epoch
+        self.train_loss, self.learning_rate, self.tokens_per_second = e.train_loss, e.learning_rate, e.tokens_per_second
+        self.train.add(e.step, e.train_loss)
+        if self.state == "starting":
+            self.state = "running"
+        # ETA from the pace since the run (re)started or resumed; a pause does not count.
+        if self._rate_ref is None:
+            self._rate_ref = (e.step, e.seconds_elapsed)
+        elif e.step > self._rate_ref[0]:
+            self._seconds_per_step = (e.seconds_elapsed - self._rate_ref[1]) / (e.step - self._rate_ref[0])
+        if self._seconds_per_step is not None:
+            self.eta_s = max(self.total_steps - e.step, 0) * self._seconds_per_step
+        return Update(progress=True, chart=True)
+
+    def _finished(self, e: P.RunFinished) -> Update:
+        self.state, self.eta_s, self.step = "finished", None, e.step
+        self.best_val_loss = e.best_val_loss if e.best_val_loss is not None else self.best_val_loss
+        if e.stopped_early:
+            self.detail = f"stopped at step {e.step}; continue with: lora-mlx resume {self.run_dir}"
+        else:
+            self.detail = f"adapters in {self._short(e.adapter_path)}"
+        self.stopped_early = e.stopped_early
+        verb = "stopped" if e.stopped_early else "finished"
+        best = f", best val_loss {e.best_val_loss:.4f}" if e.best_val_loss is not None else ""
+        lines = [f"{verb} at step {e.step}{best}"]
+        if e.stopped_early:
+            lines.append(f"continue with: lora-mlx resume {self.run_dir}")
+        return Update(state=True, progress=True, log_lines=lines)
+
+    def _gone(self, e: P.EngineGone) -> Update:
+        self.state, self.eta_s = "failed", None
+        self.last_checkpoint = e.last_checkpoint or self.last_checkpoint
+        self.detail = f"the engine process ended unexpectedly ({describe_exit(e.exit_code)})"
+        self.failure = [
+            f"The engine process ended without finishing: {describe_exit(e.exit_code)}.",
+            *self._resume_hint(),
+            LOG_HEADER if e.log_tail else "engine.log is empty.",
+            *("  " + line for line in e.log_tail[-LOG_TAIL_SHOWN:]),
+        ]
+        return Update(state=True, progress=True, log_lines=[f"engine gone: {describe_exit(e.exit_code)}"])
+
+    def _resume_hint(self) -> list[str]:
+        if not self.last_checkpoint:
+            return ["No checkpoint was saved."]
+        return [f"Last checkpoint: {self._short(self.last_checkpoint)}", f"Continue with: lora-mlx resume {self.run_dir}"]
+
+    def _short(self, path: str) -> str:
+        """A path inside the run directory, shown relative to it."""
+        if self.run_dir and path.startswith(self.run_dir.rstrip("/") + "/"):
+            return path[len(self.run_dir.rstrip("/")) + 1 :]
+        return path
+
+
+def describe_exit(exit_code: int | None) -> str:
+    """An exit code in words; a negative one is the signal that ended the process."""
+    if exit_code is None:
+        return "exit code unknown"
+    if exit_code >= 0:
+        return f"exit code {exit_code}"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        return f"exit code {exit_code}"
+    why = {
+        "SIGKILL": "killed",
+        "SIGABRT": "aborted; on Apple silicon this is how running out of memory ends a process",
+        "SIGSEGV": "crashed",
+        "SIGTERM": "terminated",
+    }.get(name, "ended by a signal")
+    return f"exit code {exit_code} ({name}: {why})"
+
+
+def clock(seconds: float | None) -> str:
+    """Seconds as M:SS or H:MM:SS; '--:--' when unknown."""
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
