@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/lora-mlx train demo
+	$(BIN)/lora-mlx
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,7 @@
 """`lora-mlx`: the command line.
 
+  lora-mlx                      the dashboard on the demo preset (lora-mlx tui PRESET for another)
+  lora-mlx attach [RUN_DIR]     the dashboard on a running run
   lora-mlx train PRESET_OR_PATH [--set KEY=VALUE ...] [--run-dir DIR] [--stop-at STEP]
   lora-mlx resume RUN_DIR [--set KEY=VALUE ...] [--stop-at STEP]
   lora-mlx generate | eval | fuse RUN_DIR ...
@@ -108,7 +110,13 @@ def _install_stop_handlers(control) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-mlx", description="LoRA, DoRA and full fine-tuning on MLX.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
+
+    tui = sub.add_parser("tui", help="open the dashboard on a preset (the default command, on the demo)")
+    tui.add_argument("preset", nargs="?", default="demo")
+
+    attach = sub.add_parser("attach", help="reopen the dashboard on a running run, with its whole history")
+    attach.add_argument("run_dir", type=Path, nargs="?", help="default: the newest run still going (else the newest run)")
 
     train = sub.add_parser("train", help="train a preset (a name in presets/ or a YAML path)")
     train.add_argument("preset", help="preset name (e.g. demo) or path to a YAML file")
@@ -188,8 +196,29 @@ def list_runs(root: Path | None) -> int:
     return EXIT_OK
 
 
+def open_dashboard(args) -> int:
+    """The dashboard runs in this process and never imports mlx; its engine is a detached process."""
+    from tui.app import run_app
+
+    if args.command == "attach":
+        run_dir = args.run_dir
+        if run_dir is None:
+            from engine import client
+
+            runs = client.list_runs(client.default_runs_root())
+            if not runs:
+                print(f"error: no runs under {client.default_runs_root()}; name one: lora-mlx attach RUN_DIR", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            active = [r for r in runs if r.status in client.ACTIVE]
+            run_dir = (active or runs)[0].run_dir  # the newest run still going, else the newest run
+        return run_app(preset=None, attach=run_dir)
+    return run_app(preset=getattr(args, "preset", "demo"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in (None, "tui", "attach"):
+        return open_dashboard(args)
     if args.command == "runs":
         return list_runs(args.root)
     if args.command == "trials":  # reads a study: no mlx needed

@@ -37,6 +37,7 @@ def launch(mode: str, run_dir: Path, stop_at: int | None = None, engine: tuple[s
 
     `engine` replaces the command (tests pass a fake engine that speaks the same protocol).
     """
+    run_dir = Path(run_dir).resolve()  # the engine starts in the repository, not in our directory
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
     command = [*engine, mode, str(run_dir)]
@@ -55,6 +56,7 @@ def launch(mode: str, run_dir: Path, stop_at: int | None = None, engine: tuple[s
 
 def start_run(cfg: config_mod.Config, run_dir: Path, engine: tuple[str, ...] = ENGINE_COMMAND) -> subprocess.Popen:
     """Write the run's config and launch an engine on it."""
+    run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
@@ -185,6 +187,8 @@ class EngineClient:
             # Drain what is already on its way (a history replay arrives as a burst), within reason.
             while len(events) < 5000 and self.conn.poll(0.005):
                 event = P.event_from_dict(json.loads(self.conn.recv_bytes()))
+                if isinstance(event, P.RunStarted):  # a resumed run replays an earlier segment's end first
+                    self.finished = False
                 self.finished = self.finished or isinstance(event, self.FINAL)
                 events.append(event)
         except (EOFError, OSError):

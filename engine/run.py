@@ -354,7 +354,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool,
             keep = {Path(train_state.best_checkpoint)} if train_state.best_checkpoint else set()
             checkpoint.prune(run_dir / "checkpoints", cfg.train.keep_checkpoints, keep | {path})
             last_checkpoint[0] = str(path)
-            record.update(last_checkpoint=str(path), step=train_state.step)
+            record.update(last_checkpoint=str(path), step=train_state.step, best_val_loss=train_state.best_val_loss)
             report(P.CheckpointSaved(step=train_state.step, path=str(path), reason=reason))
             return str(path)
 

@@ -58,13 +58,16 @@ class _Subscriber:
         self.thread = threading.Thread(target=self.send_loop, name="engine-send", daemon=True)
 
     def send_loop(self) -> None:
+        """Send queued events; on a failed send stop sending, but leave the connection to the
+        reader, so a command the client sent just before it left is still read."""
         try:
             while (item := self.queue.get()) is not None:
                 self.conn.send_bytes(item)
         except (OSError, EOFError, ValueError):
-            pass
+            self.alive = False
+            return
         self.alive = False
-        self.conn.close()
+        self.conn.close()  # the engine is closing: queued events were flushed
 
 
 class EventServer:
@@ -128,6 +131,7 @@ class EventServer:
             with self.lock:
                 if sub in self.subscribers:
                     self._drop(sub)
+            sub.conn.close()
 
     def close(self) -> None:
         """Flush what each client has queued, then close the socket."""

@@ -15,7 +15,7 @@ def test_engine_never_imports_textual_or_rich(module):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("module", ["tui", "engine.protocol", "engine.config", "engine.client", "engine.server", "engine.metrics", "engine.control", "engine.cli", "engine.trials", "engine.search"])
+@pytest.mark.parametrize("module", ["tui", "tui.app", "engine.protocol", "engine.config", "engine.client", "engine.server", "engine.metrics", "engine.control", "engine.cli", "engine.trials", "engine.search"])
 def test_ui_side_modules_never_import_mlx(module):
     code = f"import sys, {module}; bad = [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')]; print(bad); sys.exit(1 if bad else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
