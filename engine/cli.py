@@ -191,7 +191,7 @@ def list_runs(root: Path | None) -> int:
         print(f"{str(r.run_dir):<40} {r.status:<9} {step:>11} {best:>9}  {r.updated_at or '-'}")
         if r.diagnosis:
             print(f"{'':<40} {r.diagnosis}")
-        elif r.status in ("died", "stopped", "failed"):
+        if r.status in ("died", "stopped", "failed"):
             print(f"{'':<40} continue with: lora-mlx resume {r.run_dir}")
     return EXIT_OK
 

@@ -98,20 +98,15 @@ MEMORY_SIGNALS = (-6, -9, 134, 137)  # SIGABRT (Metal's out-of-memory abort), SI
 
 
 def diagnose(record: dict, exit_code: int | None) -> str | None:
-    """For an engine that died: was it probably memory? If so, say so and what to do."""
+    """For an engine that died: was it probably memory? If so, say so and what to change on resume."""
     reading = record.get("memory") or {}
     limit = reading.get("limit_gb") or 0
     near_limit = limit and reading.get("peak_gb", 0) > 0.85 * limit
     system_short = reading.get("system_total_gb") and reading.get("system_available_gb", 1e9) < 0.05 * reading["system_total_gb"]
     if exit_code not in MEMORY_SIGNALS and not near_limit and not system_short:
         return None
-    run_dir = record.get("run_dir", "RUN_DIR")
-    return (
-        "this was probably out of memory"
-        + (f" (last reading: {reading.get('peak_gb', 0):.1f} GB peak, {reading.get('system_available_gb', 0):.1f} GB free)" if reading else "")
-        + f". Resume from the last checkpoint with a smaller micro-batch: lora-mlx resume {run_dir} "
-        "--set train.micro_batch_size=1, or with --set train.grad_checkpoint=true"
-    )
+    reading_text = f" (last reading: {reading.get('peak_gb', 0):.1f} GB peak, {reading.get('system_available_gb', 0):.1f} GB free)" if reading else ""
+    return f"probably out of memory{reading_text}: resume with --set train.micro_batch_size=1 or --set train.grad_checkpoint=true"
 
 
 @dataclass
@@ -179,7 +174,7 @@ class EngineClient:
     def receive(self, timeout_s: float) -> list[P.Event]:
         """Events that arrive within timeout_s (all that are waiting, without blocking further)."""
         if self.conn is None:
-            return [self._gone()] if not self.finished else []
+            return [self.gone()] if not self.finished else []
         events: list[P.Event] = []
         try:
             if not self.conn.poll(timeout_s):
@@ -195,10 +190,11 @@ class EngineClient:
             self.conn.close()
             self.conn = None
             if not self.finished:
-                events.append(self._gone())
+                events.append(self.gone())
         return events
 
-    def _gone(self) -> P.EngineGone:
+    def gone(self) -> P.EngineGone:
+        """What is known about an engine that ended without a final event (waits up to 1 s for its exit code)."""
         exit_code = None
         if self.process is not None:
             try:

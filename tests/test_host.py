@@ -59,7 +59,7 @@ def test_killed_engine_is_reported_at_once_with_exit_code_log_and_checkpoint(sta
     assert any("step" in line for line in gone.log_tail)
     assert gone.last_checkpoint and Path(gone.last_checkpoint).name.startswith("step-")
     assert "probably out of memory" in gone.diagnosis  # SIGKILL is what Linux's OOM killer sends
-    assert f"lora-mlx resume {run_dir}" in gone.diagnosis
+    assert "--set train.micro_batch_size=1" in gone.diagnosis
     assert client.run_status(run_dir).status == "died"
 
 

@@ -36,6 +36,11 @@ class ScriptedClient:
 
     def close(self):
         self.closed = True
+
+    def gone(self):  # the real client's account of a dead engine (reads run.json and engine.log)
+        from engine.client import EngineClient
+
+        return EngineClient.gone(self)
         self.conn = None
 
 
@@ -144,4 +149,6 @@ def test_attaching_to_a_run_with_no_engine_reads_its_files(tmp_path):
     (tmp_path / "engine.log").write_text("step 5/10\n")
     events = bridge.from_files(tmp_path)
     assert isinstance(events[0], P.RunStarted) and events[1] == step(5)
-    assert events[2] == P.EngineGone(-9, ["step 5/10"], None)
+    gone = events[2]
+    assert (gone.exit_code, gone.log_tail, gone.last_checkpoint) == (-9, ["step 5/10"], None)
+    assert "probably out of memory" in gone.diagnosis  # SIGKILL: what Linux's OOM killer sends

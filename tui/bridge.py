@@ -10,7 +10,6 @@ waits, and hands everything to the UI through `post` (Textual's
 from __future__ import annotations
 
 import queue
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,16 +137,7 @@ def split(events: list[P.Event]) -> list[Message]:
 
 def gone(client: engine_client.EngineClient) -> P.EngineGone:
     """What is known about an engine that ended without a final event."""
-    exit_code = None
-    if client.process is not None:
-        try:
-            exit_code = client.process.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            pass
-    record = engine_client.read_record(client.run_dir)
-    if exit_code is None:
-        exit_code = record.get("exit_code")
-    return P.EngineGone(exit_code, engine_client.log_tail(client.run_dir), record.get("last_checkpoint"))
+    return client.gone()
 
 
 def from_files(run_dir: Path, exit_code: int | None = None) -> list[P.Event]:
@@ -166,7 +156,8 @@ def from_files(run_dir: Path, exit_code: int | None = None) -> list[P.Event]:
         history.append(P.LogMessage("warning", f"the engine (pid {record.get('pid')}) is running but did not answer on its socket"))
     else:
         code = exit_code if exit_code is not None else record.get("exit_code")
-        history.append(P.EngineGone(code, engine_client.log_tail(run_dir), record.get("last_checkpoint")))
+        diagnosis = engine_client.diagnose({**record, "run_dir": str(run_dir)}, code)
+        history.append(P.EngineGone(code, engine_client.log_tail(run_dir), record.get("last_checkpoint"), diagnosis))
     return history
 
 

@@ -211,9 +211,11 @@ class RunView:
         self.detail = f"the engine process ended unexpectedly ({describe_exit(e.exit_code)})"
         self.failure = [
             f"The engine process ended without finishing: {describe_exit(e.exit_code)}.",
+            *([e.diagnosis[0].upper() + e.diagnosis[1:] + "."] if e.diagnosis else []),
             *self._resume_hint(),
             LOG_HEADER if e.log_tail else "engine.log is empty.",
-            *("  " + line for line in e.log_tail[-LOG_TAIL_SHOWN:]),
+            # The diagnosis takes two lines at 80 columns: show two fewer log lines so the newest still fit.
+            *("  " + line for line in e.log_tail[-(LOG_TAIL_SHOWN - (2 if e.diagnosis else 0)):]),
         ]
         return Update(state=True, progress=True, log_lines=[f"engine gone: {describe_exit(e.exit_code)}"])
 
