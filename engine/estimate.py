@@ -10,6 +10,7 @@ were fitted against measured peaks (benchmarks/memory_estimate.py).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 GB = 1e9
@@ -160,3 +161,19 @@ def preflight(cfg, model_config: dict, weights_bytes: int, budget_bytes: int, bu
     if model_config.get("quantization"):  # a pre-quantized model: its files already have the quantized size
         bits = 0
     return estimate(cfg, model_config, weights_bytes, budget_bytes, budget_source, bits, getattr(quant, "group_size", 64))
+
+
+def budget(cfg) -> tuple[int, str]:
+    """The memory a run may use, judged without importing mlx (the dashboard asks too).
+
+    Matches the engine's default limit (engine.memory): 90% of what the backend has, where a
+    Mac's GPU gets about two thirds of unified memory (Metal's recommended working set).
+    """
+    import psutil
+
+    if cfg.memory.limit_gb:
+        return int(cfg.memory.limit_gb * GB), "memory.limit_gb"
+    total = psutil.virtual_memory().total
+    if sys.platform == "darwin":
+        return int(total * 2 / 3 * 0.9), "90% of Metal's working set"
+    return int(total * 0.9), "90% of system memory"

@@ -13,6 +13,9 @@ import socket
 from pathlib import Path
 
 HUB_HOST = ("huggingface.co", 443)
+# The files mlx-lm fetches from a hub repository (mlx_lm.utils.DEFAULT_ALLOW_PATTERNS), kept here so
+# that finding a model (the dashboard does, for its estimate) never imports mlx.
+ALLOW_PATTERNS = ["*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jsonl", "*.jinja"]
 
 
 class ModelError(ValueError):
@@ -47,7 +50,6 @@ def resolve(model: str) -> Path:
 
 def _from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
-    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
 
     try:
         return _from_hub_cache(repo_id)
@@ -61,7 +63,7 @@ def _from_hub(repo_id: str) -> Path:
             "Download it once while online (huggingface-cli download REPO), or point 'model' at a local directory."
         )
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=DEFAULT_ALLOW_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS))
     except Exception as e:  # RepositoryNotFoundError, GatedRepoError, network drops
         raise ModelError(f"model '{repo_id}': download from the hub failed: {type(e).__name__}: {e}") from None
 
@@ -99,10 +101,9 @@ def _describe_dir(path: Path) -> tuple[dict, int]:
 def _from_hub_cache(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
-    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=DEFAULT_ALLOW_PATTERNS))
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=ALLOW_PATTERNS))
     except HFValidationError as e:
         raise ModelError(f"model '{repo_id}': not a local directory, and not a valid hub id ({e})") from None
 

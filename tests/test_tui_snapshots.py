@@ -37,6 +37,7 @@ def events_for(state: str) -> list[P.Event]:
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_MLX_PRESETS", str(tmp_path / "no-user-presets"))
+    monkeypatch.setattr("engine.estimate.budget", lambda cfg: (16 * 10**9, "a fixed test budget"))  # not this machine's
     runs = tmp_path / "runs"
     write_run(runs, "demo-20251231-090000", best=1.31)
     write_run(runs, "demo-20251231-100000", best=0.94, rank=16)
@@ -55,6 +56,7 @@ def feeder(state: str):
                 break
             await pilot.pause(0.05)
         assert not pilot.app.main.draw_pending and not chart.redraw_pending
+        await pilot.app.workers.wait_for_complete()  # the config pane's memory estimate, redone as the form locks
         await pilot.pause()
 
     return run_before

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import events, on
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -55,6 +55,13 @@ def make_editor(key: str, value: Any) -> Widget:
 class ConfigForm(VerticalScroll):
     BINDINGS = [Binding("ctrl+s", "save_preset", "Save as preset", id="save-preset")]
 
+    class EstimateReady(Message):
+        """The pre-flight memory estimate for the settings in the form (computed in a thread)."""
+
+        def __init__(self, text: Text) -> None:
+            super().__init__()
+            self.text = text
+
     class PresetLoaded(Message):
         """The form now starts from another preset (or a run's config)."""
 
@@ -72,6 +79,7 @@ class ConfigForm(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static(id="config-summary")
+        yield Static("memory estimate: ...", id="config-estimate")
         yield Static(id="field-help")
         options = [(label, str(path)) for label, path in presets.list_presets()]
         current = str(self.preset.path) if self.preset.path and any(v == str(self.preset.path) for _, v in options) else Select.NULL
@@ -246,3 +254,34 @@ class ConfigForm(VerticalScroll):
             text.append(f"  {len(self.errors) + len(self.preset.problems)} to fix", style="bold red")
         text.append("  ctrl+s: save as preset", style="dim")
         self.query_one("#config-summary", Static).update(text)
+        self._estimate()
+
+    def _estimate(self) -> None:
+        try:
+            cfg = self.build_config()
+        except C.ConfigError:
+            self.query_one("#config-estimate", Static).update(Text("memory estimate: fix the settings first", style="dim"))
+            return
+        self._estimate_in_thread(cfg)
+
+    @work(thread=True, exclusive=True, group="estimate", exit_on_error=False)
+    def _estimate_in_thread(self, cfg: C.Config) -> None:
+        """Reading a model's config can mean asking the hub: never on the event loop."""
+        from engine import estimate, models
+
+        try:
+            guess = estimate.preflight(cfg, *models.describe(cfg.model), *estimate.budget(cfg))
+        except Exception as e:  # ModelError (offline, no such folder) and anything the hub says
+            self.post_message(self.EstimateReady(Text(f"memory estimate unavailable: {e}", style="dim")))
+            return
+        style = {"fits": "green", "tight": "yellow"}.get(guess.verdict, "bold red")
+        text = Text()
+        head, *rest = guess.lines()
+        text.append(head, style=style)
+        for line in rest:
+            text.append("\n" + line, style="dim" if line.startswith("  weights") else "")
+        self.post_message(self.EstimateReady(text))
+
+    @on(EstimateReady)
+    def _show_estimate(self, message: EstimateReady) -> None:
+        self.query_one("#config-estimate", Static).update(message.text)
