@@ -19,14 +19,12 @@ failures come from the environment:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,6 +34,7 @@ import yaml  # noqa: E402
 from engine import metrics, protocol as P  # noqa: E402
 from engine.cli import Printer  # noqa: E402
 from engine.control import Control  # noqa: E402
+from engine.run import RunRecord  # noqa: E402  (run.json as the real host writes it; no mlx at import)
 from engine.server import EventServer  # noqa: E402
 
 
@@ -49,27 +48,6 @@ def train_loss(step: int, iters: int, speed: float = 1.0) -> float:
 
 def val_loss(step: int, iters: int, speed: float = 1.0) -> float:
     return 0.9 + 6.0 * math.exp(-3.5 * speed * step / iters)
-
-
-class Record:
-    """run.json with the fields the real host writes."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "run.json"
-
-    def read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def update(self, **fields) -> None:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        data = {**self.read(), **fields, "updated_at": now}
-        data.setdefault("created_at", now)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, self.path)
 
 
 def main() -> int:
@@ -92,7 +70,7 @@ def main() -> int:
 
     control = Control()
     server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
-    record = Record(run_dir)
+    record = RunRecord(run_dir)  # the real host's run.json writer
     record.update(pid=os.getpid(), socket=server.address, status="starting")
     signal.signal(signal.SIGTERM, lambda *_: control.submit(P.Stop()))
     log = metrics.MetricsLog(run_dir)

@@ -49,3 +49,30 @@ async def test_start_pause_resume_finish_on_the_real_engine_matches_a_headless_r
     preset = str(fake_env.parent / "test-presets" / "demo.yaml")  # the preset the app was opened on
     subprocess.run([sys.executable, "-m", "engine.cli", "train", preset, *overrides, "--run-dir", str(headless)], check=True, capture_output=True)
     assert train_losses(run_dir) == train_losses(headless)  # pausing through the UI kept the exact trajectory
+
+
+@pilot_test
+async def test_try_it_answers_with_the_adapters_beside_the_base_model(fake_env, tmp_path):
+    """`g` on a trained run: both answers come from `lora-mlx generate` child processes."""
+    from engine import config, run, trainer
+
+    run_dir = fake_env / "tried"
+    cfg = config.load("demo", ["train.iters=120", "train.steps_per_eval=60", "train.learning_rate=1e-3"])
+    run.start(cfg, run_dir, lambda e: None, trainer.Control())
+    app = make_app(fake_env, attach=run_dir)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.main.view.state == "finished", what="the run's history")
+        await pilot.press("g")
+        await until(pilot, lambda: app.screen.query("#try-prompt"), what="the try-it screen")
+        assert app.screen.query_one("#try-prompt").value == "hi! what is your name?"  # the run's sample prompt
+        await pilot.press("enter")
+
+        def answer(side):
+            return str(app.screen.query_one(f"#try-{side}").render()).strip()
+
+        await until(pilot, lambda: answer("tuned") not in ("", "…") and answer("base") not in ("", "…"), timeout_s=90, what="both answers")
+        await until(pilot, lambda: not any(w.is_running for w in app.screen.workers), timeout_s=90, what="both generators to end")
+        assert answer("tuned") != answer("base")
+        assert "error" not in answer("tuned").lower()
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.screen.query("#try-prompt"), what="the screen to close")

@@ -11,6 +11,7 @@ import queue
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -27,6 +28,7 @@ from tui.bridge import AttachJob, StartJob, run_bridge
 from tui.layout import MEDIUM_WIDTH, WIDE_WIDTH, visible_panes
 from tui.dialogs.help import HelpDialog
 from tui.dialogs.quit import QuitDialog
+from tui.dialogs.try_it import TryItScreen
 from tui.messages import BridgeEnded, CommandSent, EngineEvents, RunLaunched, Telemetry
 from tui.state import RunView, Series, Update
 from tui.widgets.config_form import ConfigForm
@@ -61,6 +63,7 @@ class MainScreen(Screen):
         Binding("x", "stop", "Stop", id="stop", tooltip="Save a checkpoint, then stop the run"),
         Binding("c", "checkpoint", "Checkpoint", id="checkpoint", tooltip="Save a checkpoint now and keep training"),
         Binding("q", "quit", "Quit", id="quit", tooltip="Quit; with a run active, choose stop and save, detach or cancel"),
+        Binding("g", "try_it", "Try it", id="try-it", tooltip="Answer a prompt with the run's adapters, beside the base model"),
         Binding("question_mark", "help", "Help", id="help", key_display="?", tooltip="Show every key"),
         *(
             Binding(str(n), f"show_pane('{pane}')", f"Show {pane}", id=f"pane-{pane}", show=False)
@@ -160,6 +163,18 @@ class MainScreen(Screen):
     def _detach_ui(self, why: str) -> None:
         run_dir = self.view.run_dir
         self.app.exit(0, message=f"Detached from {run_dir}: {why}.\nWatch it again with: lora-mlx attach {run_dir}")
+
+    def action_try_it(self) -> None:
+        if not self.view.run_dir:
+            self.notify("Start a run (s) or attach to one first: the adapters come from a run.", title="Nothing to try yet", severity="warning", markup=False)
+            return
+        run_dir = Path(self.view.run_dir)
+        prompt = ""
+        try:
+            prompt = C.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())).train.sample_prompt
+        except (OSError, C.ConfigError, AttributeError):
+            pass
+        self.app.push_screen(TryItScreen(run_dir, prompt or "hello"))
 
     def action_help(self) -> None:
         keys = [("anywhere", b.key_display or b.key, b.tooltip or b.description) for b in self.BINDINGS if isinstance(b, Binding)]
