@@ -41,7 +41,11 @@ def app(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     write_run(runs, "demo-20251231-090000", best=1.31)
     write_run(runs, "demo-20251231-100000", best=0.94, rank=16)
-    return make_app(runs)
+    # A data path that is the same in every checkout (the wide layout shows the config form).
+    preset = tmp_path / "presets" / "demo.yaml"
+    preset.parent.mkdir()
+    preset.write_text("model: builtin:tiny\ndata: /srv/lora-mlx/demo-data\n")
+    return make_app(runs, preset=preset)
 
 
 def feeder(state: str):
