@@ -56,7 +56,7 @@ async def test_try_it_answers_with_the_adapters_beside_the_base_model(fake_env, 
     """`g` on a trained run: both answers come from `lora-mlx generate` child processes."""
     from engine import config, run, trainer
 
-    run_dir = fake_env / "tried"
+    run_dir = tmp_path / "tried"  # trained in this process, so not among the fixture's engines
     cfg = config.load("demo", ["train.iters=120", "train.steps_per_eval=60", "train.learning_rate=1e-3"])
     run.start(cfg, run_dir, lambda e: None, trainer.Control())
     app = make_app(fake_env, attach=run_dir)
