@@ -71,7 +71,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (after a rename, the directory's entry is what must reach the disk)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -114,8 +115,8 @@ def save(
     body = {"format_version": FORMAT_VERSION, "step": step, **state, "manifest": manifest}
     (tmp / "state.json").write_text(json.dumps(body, indent=2) + "\n")
     for name in files + ["state.json"]:
-        _fsync(tmp / name)
-    _fsync(tmp)
+        fsync_path(tmp / name)
+    fsync_path(tmp)
     if final.exists():  # the same step saved twice (e.g. "best" then "stop"): replace it
         old = checkpoints_dir / f".old-{final.name}-{os.getpid()}"
         os.rename(final, old)
@@ -123,7 +124,7 @@ def save(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync(checkpoints_dir)
+    fsync_path(checkpoints_dir)
     return final
 
 

@@ -28,6 +28,7 @@ from safetensors.numpy import save as safetensors_bytes
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from engine import demo_data
+from engine.checkpoint import fsync_path
 
 # Shown in the cache dir name. Any edit to this file also changes the dir's hash,
 # so a cache never outlives the code that built it.
@@ -177,7 +178,7 @@ def _publish(tmp: Path, final: Path) -> None:
     for _ in range(3):
         try:
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_path(final.parent)
             return
         except OSError:
             if _is_complete(final):
@@ -209,7 +210,7 @@ def build(spec: BuiltinSpec, corpus: list[str], out_dir: Path) -> None:
     # The manifest goes last: a dir with a manifest whose sizes match is complete.
     sizes = {f: (out_dir / f).stat().st_size for f in sorted([*files, "model.safetensors"])}
     _write_synced(out_dir / MANIFEST, _json({"recipe_version": RECIPE_VERSION, "sizes": sizes}))
-    _fsync_dir(out_dir)
+    fsync_path(out_dir)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int):
@@ -330,11 +331,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
