@@ -159,9 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list runs and their state")
     runs.add_argument("--root", type=Path, help="folder holding runs (default: $LORA_MLX_RUNS or ./runs)")
 
-    from engine import tune
+    from engine import tune_cli
 
-    tune.add_parsers(sub)
+    tune_cli.add_parsers(sub)
     return parser
 
 
@@ -222,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runs":
         return list_runs(args.root)
     if args.command == "trials":  # reads a study: no mlx needed
-        from engine import tune
+        from engine import tune_cli
 
-        return tune.main(args)
+        return tune_cli.main(args)
     _prepare_engine_process(show_warnings=args.command != "doctor")  # the doctor lists them itself
     if args.command == "tune":
-        from engine import tune
+        from engine import tune_cli
 
-        return tune.main(args)
+        return tune_cli.main(args)
     if args.command == "doctor":
         from engine.doctor import run_doctor
 

@@ -63,6 +63,16 @@ def start_run(cfg: config_mod.Config, run_dir: Path, engine: tuple[str, ...] = E
     return launch("start", run_dir, engine=engine)
 
 
+def start_study(study_dir: Path, engine: tuple[str, ...] = ENGINE_COMMAND) -> subprocess.Popen:
+    """Launch a detached study process on STUDY_DIR (its study-plan.json written by engine.tune.write_plan)."""
+    return launch("tune", study_dir, engine=engine)
+
+
+def is_study(folder: Path) -> bool:
+    """A study directory (made by `lora-mlx tune` or the dashboard's t) rather than a run directory."""
+    return (Path(folder) / "study-plan.json").exists() or (Path(folder) / "study.json").exists()
+
+
 def read_record(run_dir: Path) -> dict:
     try:
         return json.loads((Path(run_dir) / "run.json").read_text())
@@ -142,16 +152,41 @@ def list_runs(root: Path) -> list[RunInfo]:
     return [run_status(d) for d in sorted(dirs, key=lambda d: (d / "run.json").stat().st_mtime, reverse=True)]
 
 
-class EngineClient:
-    """One connection to one run's engine; not thread-safe (one bridge thread owns it)."""
+class Story:
+    """Whether a stream of events has reached its end: a run's RunFinished or RunFailed, or a study's
+    StudyFinished (a trial's end is not the study's; a failure outside any trial, e.g. loading, is)."""
 
-    FINAL = (P.RunFinished, P.RunFailed)
+    def __init__(self) -> None:
+        self.ended = False
+        self.study = False
+        self.in_trial = False
+
+    def see(self, event: P.Event) -> None:
+        if isinstance(event, P.StudyStarted):
+            self.study, self.ended = True, False
+        elif isinstance(event, P.TrialStarted):
+            self.in_trial = True
+        elif isinstance(event, P.TrialFinished):
+            self.in_trial = False
+        elif isinstance(event, P.RunStarted):
+            self.ended = False  # a resumed run replays an earlier segment's end first
+        elif isinstance(event, (P.StudyFinished, P.EngineGone)) or (isinstance(event, (P.RunFinished, P.RunFailed)) and not self.in_trial):
+            self.ended = True
+
+
+class EngineClient:
+    """One connection to one run's (or study's) engine; not thread-safe (one bridge thread owns it)."""
 
     def __init__(self, run_dir: Path, process: subprocess.Popen | None = None):
         self.run_dir = Path(run_dir).resolve()
         self.process = process
         self.conn: Connection | None = None
-        self.finished = False  # a final event arrived; the engine's exit is expected
+        self.story = Story()
+
+    @property
+    def finished(self) -> bool:
+        """A final event arrived (or the engine's end was reported): its exit is expected."""
+        return self.story.ended
 
     def connect(self, timeout_s: float = 30.0) -> None:
         """Wait for the engine's socket (it opens before the model loads)."""
@@ -182,9 +217,7 @@ class EngineClient:
             # Drain what is already on its way (a history replay arrives as a burst), within reason.
             while len(events) < 5000 and self.conn.poll(0.005):
                 event = P.event_from_dict(json.loads(self.conn.recv_bytes()))
-                if isinstance(event, P.RunStarted):  # a resumed run replays an earlier segment's end first
-                    self.finished = False
-                self.finished = self.finished or isinstance(event, self.FINAL)
+                self.story.see(event)
                 events.append(event)
         except (EOFError, OSError):
             self.conn.close()
@@ -204,13 +237,14 @@ class EngineClient:
         record = read_record(self.run_dir)
         if exit_code is None:
             exit_code = record.get("exit_code")
-        self.finished = True
-        return P.EngineGone(
+        gone = P.EngineGone(
             exit_code=exit_code,
             log_tail=log_tail(self.run_dir),
             last_checkpoint=record.get("last_checkpoint"),
             diagnosis=diagnose({**record, "run_dir": str(self.run_dir)}, exit_code),
         )
+        self.story.see(gone)
+        return gone
 
     def send(self, command: P.Command) -> bool:
         """Send a command; False when the engine is no longer there."""

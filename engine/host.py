@@ -2,11 +2,14 @@
 
   python -m engine.host start RUN_DIR [--stop-at STEP]    (RUN_DIR/config.yaml already written)
   python -m engine.host resume RUN_DIR [--stop-at STEP]
+  python -m engine.host tune STUDY_DIR                    (STUDY_DIR/study-plan.json already written)
 
 Started by `engine.client.launch` in its own session with SIGHUP ignored and
 stdout/stderr going to RUN_DIR/engine.log, so closing the terminal or losing
 the SSH connection does not stop training. It listens on RUN_DIR's socket
-from the start, so a UI sees loading, training and the end.
+from the start, so a UI sees loading, training and the end. A study (`tune`)
+is hosted the same way: its socket carries the study's events and the running
+trial's, and a UI attaching later gets the study's story and the current trial.
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ def _memory_sampler(publish, record, stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.host")
-    parser.add_argument("mode", choices=("start", "resume"))
+    parser.add_argument("mode", choices=("start", "resume", "tune"))
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--stop-at", type=int)
     args = parser.parse_args(argv)
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if args.mode == "tune":
+        return tune_main(args.run_dir.resolve())
     from engine import metrics
     from engine.cli import Printer
     from engine.control import Control
@@ -100,6 +105,79 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_sampling.set()
         record.update(exit_code=exit_code)
+        server.close()
+    return exit_code
+
+
+STUDY_EVENTS = (P.StudyStarted, P.TrialStarted, P.TrialFinished, P.StudyFinished)
+
+
+def tune_main(study_dir: Path) -> int:
+    """Host a study: trials one after another on this machine, until it is done or told to stop."""
+    from engine import metrics
+    from engine.run import RunRecord
+    from engine.server import EventServer
+    from engine.tune import StudyControl, read_plan
+    from engine.tune_cli import StudyPrinter
+
+    control = StudyControl()
+    server = EventServer(study_dir, control.submit)  # history: this session's study events and the running trial
+    record = RunRecord(study_dir)
+    record.update(kind="study", pid=os.getpid(), socket=server.address, status="starting", exit_code=None)
+    log = metrics.MetricsLog(study_dir)  # the study's own events; each trial's run keeps its own metrics.jsonl
+    printer = StudyPrinter()
+    story: list[P.Event] = []  # the study's own events, and messages and a failure outside any trial
+    in_trial = False
+    signal.signal(signal.SIGTERM, lambda *_: control.stop())
+
+    def emit(event: P.Event) -> None:
+        nonlocal in_trial
+        if isinstance(event, P.TrialStarted):
+            server.reset_history(story)  # a UI attaching now needs the study so far, then this trial
+            record.update(status="running", trial=event.number, trial_dir=event.run_dir)
+            in_trial = True
+        elif isinstance(event, P.TrialFinished):
+            in_trial = False
+        elif isinstance(event, (P.Paused, P.Resumed)):
+            record.update(status="paused" if isinstance(event, P.Paused) else "running")
+        if isinstance(event, STUDY_EVENTS) or (isinstance(event, (P.RunFailed, P.LogMessage)) and not in_trial):
+            story.append(event)
+            log.write(event)
+            if isinstance(event, P.RunFailed):
+                print(f"error: {event.reason}", flush=True)
+        printer(event)
+        server.publish(event)
+
+    from engine import blas, checkpoint, models
+
+    for warning in blas.setup().warnings:
+        print(f"warning: {warning}", flush=True)
+    from engine.config import ConfigError
+    from engine.data import DataError
+    from engine.tune import run_study
+
+    stop_sampling = threading.Event()
+    threading.Thread(target=_memory_sampler, args=(server.publish, record, stop_sampling), daemon=True).start()
+    exit_code = 1
+    try:
+        cfg, space, settings, preset = read_plan(study_dir)
+        result = run_study(cfg, space, settings, emit, control, preset=preset)
+        record.update(status="finished" if result.reason in ("done", "grid exhausted") else "stopped", best_val_loss=result.best_value)
+        exit_code = 0
+    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError) as e:
+        emit(P.RunFailed(step=0, reason=str(e)))
+        record.update(status="failed")
+        exit_code = 2
+    except BaseException as e:
+        import traceback
+
+        traceback.print_exc()
+        emit(P.RunFailed(step=0, reason=f"the study stopped on an error: {type(e).__name__}: {e}"))
+        record.update(status="failed")
+    finally:
+        stop_sampling.set()
+        record.update(exit_code=exit_code)
+        log.close()
         server.close()
     return exit_code
 

@@ -28,6 +28,10 @@ EVENT_NAMES = {
     P.LogMessage: "log",
     P.RunFinished: "finished",
     P.RunFailed: "failed",
+    P.StudyStarted: "study_started",  # a study directory's metrics.jsonl holds the study's own events
+    P.TrialStarted: "trial_started",
+    P.TrialFinished: "trial_finished",
+    P.StudyFinished: "study_finished",
 }
 EVENT_CLASSES = {name: cls for cls, name in EVENT_NAMES.items()}
 

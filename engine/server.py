@@ -103,6 +103,11 @@ class EventServer:
                 else:
                     sub.queue.put(data)
 
+    def reset_history(self, events: list[P.Event]) -> None:
+        """What a client connecting from now on is sent first (a study keeps its own story, not every trial's)."""
+        with self.lock:
+            self.history = [encode(e) for e in events]
+
     def _drop(self, sub: _Subscriber) -> None:
         self.subscribers.remove(sub)
         sub.alive = False

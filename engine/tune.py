@@ -15,14 +15,13 @@ which needs no mlx; `lora-mlx tune` and `lora-mlx trials` are `add_parsers` + `m
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
 import os
 import re
-import signal
 import socket
-import sys
 import time
 import warnings
 import zlib
@@ -73,6 +72,43 @@ class StudyControl:
         self.stopping = True
         if self.trial_control is not None:
             self.trial_control.submit(P.Stop())
+
+    def submit(self, command: P.Command) -> None:
+        """A UI's command: Stop ends the study; pause, resume and checkpoint go to the running trial."""
+        if isinstance(command, P.Stop):
+            self.stop()
+        elif self.trial_control is not None:
+            self.trial_control.submit(command)
+
+
+PLAN_FILE = "study-plan.json"
+
+
+def write_plan(cfg: Config, space: search.SearchSpace, s: StudySettings, preset: dict) -> Path:
+    """STUDY_DIR/study-plan.json (and config.yaml, for attach and the config pane): what a detached
+    study process (`python -m engine.host tune STUDY_DIR`) runs."""
+    study_dir = s.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(study_dir, 0o700)
+    settings = {k: v for k, v in dataclasses.asdict(s).items() if k != "root"}
+    plan = {"config": cfg.to_dict(), "space": space.to_dict(), "default_space": space.is_default, "settings": settings, "preset": preset}
+    (study_dir / "config.yaml").write_text(config_mod.dump(cfg))
+    tmp = study_dir / (PLAN_FILE + ".tmp")
+    tmp.write_text(json.dumps(plan, indent=2) + "\n")
+    os.replace(tmp, study_dir / PLAN_FILE)
+    return study_dir
+
+
+def read_plan(study_dir: Path) -> tuple[Config, search.SearchSpace, StudySettings, dict]:
+    """What write_plan wrote: (config, space, settings, preset)."""
+    path = Path(study_dir) / PLAN_FILE
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the study plan: {e}") from None
+    cfg = config_mod.from_dict(plan["config"], str(path))
+    space = search.SearchSpace(tuple(search.Param(k, **{**v, "choices": tuple(v.get("choices", ()))}) for k, v in plan["space"].items()), plan.get("default_space", False))
+    return cfg, space, StudySettings(**plan["settings"], root=Path(study_dir).resolve().parent), plan.get("preset", {})
 
 
 def _machine_id() -> str:
@@ -439,143 +475,3 @@ def _summary(name: str, study, reason: str, emit) -> StudyFinished:
     )
     emit(finished)
     return finished
-
-
-
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ABORTED = 0, 1, 2, 130
-
-
-def add_parsers(sub) -> None:
-    """`tune` and `trials` on the lora-mlx command line."""
-    tune = sub.add_parser("tune", help="search hyperparameters: a study of trials (Optuna)")
-    tune.add_argument("preset", help="preset name (e.g. demo) or path to a YAML file; its search: section is the space")
-    tune.add_argument("--trials", type=int, default=20, help="finished trials the study should hold; a rerun continues up to it (default 20)")
-    tune.add_argument("--timeout", type=float, metavar="MIN", help="start no new trial after this many minutes")
-    tune.add_argument("--storage", metavar="URL", help="a SQLAlchemy URL, e.g. postgresql://user@host/db, shared by workers (default: studies/STUDY/study.db)")
-    tune.add_argument("--study", metavar="NAME", help="study name (default: the preset's name)")
-    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key for every trial")
-    tune.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="how trials pick values (default tpe, seeded by the preset's seed)")
-    tune.add_argument("--pruner", choices=PRUNERS, default="median", help="how unpromising trials are stopped early (default median)")
-    tune.add_argument("--pruner-startup", type=int, default=5, metavar="N", help="median: complete trials before any is pruned (default 5)")
-    tune.add_argument("--pruner-warmup", type=int, default=0, metavar="STEPS", help="median: never prune before this training step (default 0)")
-    tune.add_argument("--retry-failed", type=int, default=0, metavar="N", help="re-run a trial whose worker died or that was stopped, up to N times")
-    tune.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="how often a worker says it is alive (default 10)")
-    tune.add_argument("--grace", type=int, default=60, metavar="SECONDS", help="a trial silent this long is marked failed (default 60)")
-    tune.add_argument("--root", type=Path, help="folder holding studies (default: $LORA_MLX_STUDIES or ./studies)")
-
-    trials = sub.add_parser("trials", help="a study's leaderboard and its best adapters; --promote writes a preset")
-    trials.add_argument("study", help="study name or directory")
-    trials.add_argument("--storage", metavar="URL", help="the study's storage, when not its directory's study.db")
-    trials.add_argument("--root", type=Path, help="folder holding studies (default: $LORA_MLX_STUDIES or ./studies)")
-    trials.add_argument("--promote", metavar="NAME", help="write a preset with the best trial's values (a name or a .yaml path)")
-
-
-def main(args) -> int:
-    """Run `lora-mlx tune` or `lora-mlx trials`; exit 2 for bad config, data, model or storage."""
-    from engine import checkpoint, models
-    from engine.data import DataError
-
-    try:
-        if args.command == "trials":
-            from engine import trials
-
-            return trials.show(args.study, args.storage, args.root, args.promote)
-        return _tune(args)
-    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("aborted; the trial that was running is marked failed, and a rerun continues the study", file=sys.stderr)
-        return EXIT_ABORTED
-
-
-def _tune(args) -> int:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the printer says what happened, once
-    path = config_mod.resolve_preset(args.preset)
-    values = config_mod.read_yaml(path)
-    cfg = config_mod.load(args.preset, args.overrides)
-    space = search.parse(values.get("search"), str(path), cfg)
-    s = StudySettings(
-        name=args.study or path.stem, trials=args.trials, timeout_min=args.timeout, storage=args.storage,
-        sampler=args.sampler, pruner=args.pruner, pruner_startup=args.pruner_startup, pruner_warmup_steps=args.pruner_warmup,
-        retry_failed=args.retry_failed, heartbeat_s=args.heartbeat, grace_s=args.grace, root=args.root,
-    )
-    keys = [k for k in values if k not in config_mod.OWN_SECTIONS] + [config_mod.parse_override(o)[0] for o in args.overrides]
-    check_plan(cfg, space, s)  # refusals before any signal handler or model
-    control = StudyControl()
-    _install_stop_handlers(control)
-    result = run_study(cfg, space, s, _Printer(), control, preset={"path": str(path), "keys": keys})
-    nothing_learned = result.reason == "done" and not (result.complete or result.pruned)
-    return EXIT_FAILED if result.reason == "failing" or nothing_learned else EXIT_OK
-
-
-def _install_stop_handlers(control: StudyControl) -> None:
-    """First Ctrl-C (or SIGTERM) stops the running trial with a checkpoint and ends the study; a second aborts."""
-
-    def on_signal(signum, frame):
-        if control.stopping:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        print("\nstopping the study after this step (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
-        control.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-
-class _Printer:
-    """A study's events as lines on stdout: trials, their evaluations, warnings, the summary."""
-
-    def __call__(self, e: P.Event) -> None:
-        line = self.format(e)
-        if line:
-            print(line, flush=True)
-
-    def format(self, e: P.Event) -> str | None:
-        from engine.trials import format_params
-
-        if isinstance(e, StudyStarted):
-            space = "; ".join(f"{k} {search.Param(k, **v).describe()}" for k, v in e.space.items())
-            return (f"study {e.study}: {e.trials_done} of {e.trials_target} trials done; sampler {e.sampler}, pruner {e.pruner}\n"
-                    f"storage: {e.storage}\nsearching: {space}")
-        if isinstance(e, TrialStarted):
-            again = f" (retry of trial {e.retry_of})" if e.retry_of is not None else ""
-            return f"trial {e.number}{again}: {format_params(e.params)}\n  run dir: {e.run_dir}"
-        if isinstance(e, P.EvalReported) and e.step > 0:
-            return f"  step {e.step}: val_loss {e.val_loss:.4f}"
-        if isinstance(e, P.LogMessage) and e.level == "warning":
-            return f"warning: {e.text}"
-        if isinstance(e, TrialFinished):
-            if e.state == "complete":
-                return f"trial {e.number} complete: val_loss {e.value:.4f} (best at step {e.best_step}) in {e.duration_s:.0f} s"
-            if e.state == "pruned":
-                return f"trial {e.number} pruned at step {e.pruned_at_step} in {e.duration_s:.0f} s"
-            return f"trial {e.number} failed: {e.reason}"
-        if isinstance(e, StudyFinished):
-            why = {"done": "finished", "stopped": "stopped", "timeout": "timed out", "grid exhausted": "finished (grid exhausted)",
-                   "failing": "stopped (trials keep failing)"}[e.reason]
-            text = f"study {e.study} {why}: {e.complete} complete, {e.pruned} pruned, {e.failed} failed"
-            if e.lost:
-                text += f" ({e.lost} stopped or lost with their worker: they do not count; --retry-failed N re-runs them)"
-            if e.reason in ("stopped", "timeout"):
-                text += "\ncontinue it with the same command"
-            if e.best_number is not None:
-                text += f"\nbest: trial {e.best_number}, val_loss {e.best_value:.4f}: {format_params(e.best_params)}\nadapters: {e.best_adapter_path}"
-            return text + f"\nleaderboard: lora-mlx trials {e.study}"
-        return None
-
-
-if __name__ == "__main__":  # python -m engine.tune tune|trials ... (as lora-mlx tune|trials)
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="lora-mlx")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    parsed = parser.parse_args()
-    if parsed.command == "tune":
-        from engine import blas
-
-        blas.setup()
-    sys.exit(main(parsed))

@@ -1,6 +1,7 @@
 """The detached engine process with the real engine on builtin:tiny: socket, attach, death, SSH drops."""
 
 import os
+import re
 import pty
 import signal
 import subprocess
@@ -102,7 +103,7 @@ def test_engine_survives_its_terminal_closing_and_its_launcher_being_killed(tmp_
         os.chdir(config.REPO_ROOT)
         os.execv(sys.executable, [sys.executable, "-c", script])
     output = b""
-    while b"launched" not in output:
+    while not re.search(rb"launched \d+\s", output):  # the line may arrive in pieces
         output += os.read(fd, 1024)
     engine_pid = int(output.split(b"launched")[1].split()[0])
     os.close(fd)  # the terminal is gone: the launcher gets SIGHUP

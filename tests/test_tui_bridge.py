@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from engine import protocol as P
+from engine.client import Story
 from tui import bridge
 from tui.messages import BridgeEnded, CommandSent, EngineEvents, Telemetry
 
@@ -21,6 +22,7 @@ class ScriptedClient:
         self.closed = False
         self.process = None
         self.run_dir = run_dir
+        self.story = Story()
 
     def receive(self, timeout_s):
         if self.batches:

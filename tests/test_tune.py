@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from engine import client, config, models, protocol as P, search, trainer, trials, tune
+from engine import client, config, metrics, models, protocol as P, search, trainer, trials, tune, tune_cli
 from engine.config import ConfigError
 
 DATA = config.REPO_ROOT / "presets" / "data" / "demo"
@@ -177,7 +177,7 @@ def test_a_trial_whose_remote_worker_went_silent_is_failed_by_heartbeat_and_retr
 
 
 def lora_mlx_tune(preset: Path, root: Path, *extra: str, log: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "engine.tune", "tune", str(preset), "--root", str(root), "--sampler", "random",
+    args = [sys.executable, "-m", "engine.tune_cli", "tune", str(preset), "--root", str(root), "--sampler", "random",
             "--pruner", "none", "--heartbeat", "1", "--grace", "3", "--set", "train.iters=30", *extra]  # time to interrupt
     return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=config.REPO_ROOT)
 
@@ -320,8 +320,8 @@ def test_leaderboard_sorts_best_first_and_importance_waits_for_enough_trials(tmp
 
 def run_cli(*argv) -> int:
     parser = argparse.ArgumentParser(prog="lora-mlx")
-    tune.add_parsers(parser.add_subparsers(dest="command", required=True))
-    return tune.main(parser.parse_args([str(a) for a in argv]))
+    tune_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    return tune_cli.main(parser.parse_args([str(a) for a in argv]))
 
 
 def test_trials_prints_the_leaderboard_and_promotes_the_best(tmp_path, capsys):
@@ -355,7 +355,7 @@ def test_tune_config_errors_exit_2_with_file_and_line(tmp_path, capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # refused before any handler was installed
 
 
-@pytest.mark.parametrize("module", ["engine.tune", "engine.trials", "engine.search"])
+@pytest.mark.parametrize("module", ["engine.tune", "engine.tune_cli", "engine.trials", "engine.search"])
 def test_study_modules_import_neither_mlx_nor_the_ui(module):
     code = f"import sys, {module}; bad = [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'textual', 'rich')]; print(bad); sys.exit(1 if bad else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -366,3 +366,70 @@ def test_timeout_starts_no_new_trial(tmp_path):
     finished, events, rows = study(tmp_path, PRUNE_SEARCH, trials=3, timeout_min=0.001)  # 60 ms: over before the first
     assert finished.reason == "timeout" and rows == []
     assert not [e for e in events if isinstance(e, tune.TrialStarted)]
+
+
+def test_a_detached_study_process_reports_over_its_socket_stops_on_request_and_continues(tmp_path):
+    """What the dashboard's t does: write the plan, launch `engine.host tune`, watch, stop, launch again."""
+    cfg, space, s = plan(tmp_path, "search:\n  train.learning_rate: [1.0e-3, 5.0e-4]\n", trials=3, retry_failed=1)
+    tune.write_plan(cfg, space, s, {"path": "p.yaml", "keys": ["model", "data.path"]})
+    assert (s.study_dir / "config.yaml").exists() and client.is_study(s.study_dir)
+    again = tune.read_plan(s.study_dir)
+    assert again[0].to_dict() == cfg.to_dict() and again[1] == space and again[2].study_dir == s.study_dir
+
+    def watch(until):
+        proc = client.start_study(s.study_dir)
+        c = client.EngineClient(s.study_dir, proc)
+        c.connect(timeout_s=60)
+        seen: list[P.Event] = []
+        deadline = time.monotonic() + 240
+        while not until(seen, c) and time.monotonic() < deadline:
+            seen += c.receive(0.2)
+        return proc, c, seen
+
+    def second_trial_steps(seen, c):
+        if sum(isinstance(e, tune.TrialStarted) for e in seen) >= 2 and any(isinstance(e, P.StepReported) for e in seen[-3:]):
+            c.send(P.Stop())
+            return True
+        return False
+
+    proc, c, seen = watch(second_trial_steps)
+    while not c.finished:
+        seen += c.receive(0.2)
+    assert proc.wait(timeout=30) == 0
+    kinds = [type(e).__name__ for e in seen if not isinstance(e, (P.LogMessage, P.MemorySampled))]
+    assert "TPE picks its first" in seen[0].text  # the plan's warnings come first
+    assert kinds[0] == "StudyStarted" and kinds[-1] == "StudyFinished"
+    ends = [e for e in seen if isinstance(e, tune.TrialFinished)]
+    assert [e.state for e in ends] == ["complete", "failed"] and "stopped at step" in ends[1].reason
+    assert seen[-1].reason == "stopped" and not any(isinstance(e, P.EngineGone) for e in seen)
+    record = client.read_record(s.study_dir)
+    assert record["kind"] == "study" and record["status"] == "stopped" and record["exit_code"] == 0
+    story = [type(e).__name__ for e in metrics.read_history(s.study_dir) if not isinstance(e, P.LogMessage)]
+    assert story == ["StudyStarted", "TrialStarted", "TrialFinished", "TrialStarted", "TrialFinished", "StudyFinished"]  # trials' steps stay in their dirs
+
+    proc, c, seen = watch(lambda seen, c: c.finished)
+    assert proc.wait(timeout=30) == 0
+    started = [e for e in seen if isinstance(e, tune.TrialStarted)]
+    study_started = next(e for e in seen if isinstance(e, tune.StudyStarted))
+    assert study_started.trials_done == 1 and started[0].retry_of == 1  # the stopped trial runs again first
+    rows = trials.leaderboard(s.study_dir)
+    assert sum(r.state == "complete" for r in rows) == 3 and not [r for r in rows if r.state == "running"]
+
+
+def test_a_study_process_that_cannot_start_says_why_and_ends(tmp_path):
+    cfg, space, s = plan(tmp_path, "search:\n  train.learning_rate: [1.0e-3, 5.0e-4]\n")
+    tune.write_plan(cfg, space, s, {})
+    other, _, _ = plan(tmp_path, "", ["train.iters=30"])
+    (s.study_dir / "study.db").touch()
+    storage = trials.open_storage(f"sqlite:///{s.study_dir / 'study.db'}")
+    tune._open_study(storage, s, other, space, {})  # the study exists with other settings
+    proc = client.start_study(s.study_dir)
+    c = client.EngineClient(s.study_dir, proc)
+    c.connect(timeout_s=60)
+    seen: list[P.Event] = []
+    while not c.finished:
+        seen += c.receive(0.2)
+    assert proc.wait(timeout=30) == 2
+    failed = [e for e in seen if isinstance(e, P.RunFailed)]
+    assert len(failed) == 1 and "was started with train.iters=30" in failed[0].reason
+    assert "error: study 'p' was started with train.iters=30" in (s.study_dir / "engine.log").read_text()

@@ -36,19 +36,33 @@ class StartJob:
     run_dir: Path
     engine: tuple[str, ...]
 
+    def launch(self):
+        return engine_client.start_run(self.cfg, self.run_dir, engine=self.engine)
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """Launch a study process on run_dir, a study directory whose plan is written."""
+
+    run_dir: Path
+    engine: tuple[str, ...]
+
+    def launch(self):
+        return engine_client.start_study(self.run_dir, engine=self.engine)
+
 
 @dataclass(frozen=True)
 class AttachJob:
-    """Connect to a run's engine; if it is not running, show the run from its files."""
+    """Connect to a run's (or study's) engine; if it is not running, show it from its files."""
 
     run_dir: Path
 
 
-def run_bridge(job: StartJob | AttachJob, commands: queue.SimpleQueue, post: Post, cancelled: Cancelled) -> None:
+def run_bridge(job: StartJob | StudyJob | AttachJob, commands: queue.SimpleQueue, post: Post, cancelled: Cancelled) -> None:
     try:
-        if isinstance(job, StartJob):
+        if isinstance(job, (StartJob, StudyJob)):
             try:
-                process = engine_client.start_run(job.cfg, job.run_dir, engine=job.engine)
+                process = job.launch()
             except OSError as e:
                 post(EngineEvents([P.RunFailed(step=0, reason=f"could not start the engine: {e}")]))
                 return
@@ -83,7 +97,7 @@ def connect(client: engine_client.EngineClient, cancelled: Cancelled, timeout_s:
 
 def pump(client: engine_client.EngineClient, commands: queue.SimpleQueue, post: Post, cancelled: Cancelled) -> None:
     """Forward events and commands until the engine closes the connection or the UI detaches."""
-    finished = False  # a final event since the last RunStarted (a resumed run replays earlier ends)
+    story = engine_client.Story()  # has the run (or study) reached its end since its last start?
     try:
         while not cancelled():
             while True:
@@ -94,14 +108,11 @@ def pump(client: engine_client.EngineClient, commands: queue.SimpleQueue, post: 
                 post(CommandSent(command, client.send(command)))
             events = client.receive(timeout_s=POLL_S)
             for event in events:
-                if isinstance(event, P.RunStarted):
-                    finished = False
-                elif isinstance(event, (P.RunFinished, P.RunFailed, P.EngineGone)):
-                    finished = True
+                story.see(event)
             for message in split(events):
                 post(message)
             if client.conn is None:  # the engine closed the connection: it has ended
-                if not finished:
+                if not story.ended:
                     post(EngineEvents([gone(client)]))
                 return
     finally:
@@ -141,15 +152,12 @@ def gone(client: engine_client.EngineClient) -> P.EngineGone:
 
 
 def from_files(run_dir: Path, exit_code: int | None = None) -> list[P.Event]:
-    """A run with no live engine: its recorded history, and how it ended if that was not recorded."""
+    """A run (or study) with no live engine: its recorded history, and how it ended if that was not recorded."""
     history = metrics.read_history(run_dir)
-    ended = False
+    story = engine_client.Story()
     for event in history:
-        if isinstance(event, P.RunStarted):
-            ended = False
-        elif isinstance(event, (P.RunFinished, P.RunFailed)):
-            ended = True
-    if ended:
+        story.see(event)
+    if story.ended:
         return history
     record = engine_client.read_record(run_dir)
     if engine_client.pid_alive(record.get("pid")):
