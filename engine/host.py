@@ -124,7 +124,7 @@ def tune_main(study_dir: Path) -> int:
     server = EventServer(study_dir, control.submit)  # history: this session's study events and the running trial
     record = RunRecord(study_dir)
     record.update(kind="study", pid=os.getpid(), socket=server.address, status="starting", exit_code=None)
-    log = metrics.MetricsLog(study_dir)  # the study's own events; each trial's run keeps its own metrics.jsonl
+    log = metrics.MetricsLog(study_dir)  # run_study records the study's events; a failure outside it is recorded here
     printer = StudyPrinter()
     story: list[P.Event] = []  # the study's own events, and messages and a failure outside any trial
     in_trial = False
@@ -142,8 +142,8 @@ def tune_main(study_dir: Path) -> int:
             record.update(status="paused" if isinstance(event, P.Paused) else "running")
         if isinstance(event, STUDY_EVENTS) or (isinstance(event, (P.RunFailed, P.LogMessage)) and not in_trial):
             story.append(event)
-            log.write(event)
             if isinstance(event, P.RunFailed):
+                log.write(event)
                 print(f"error: {event.reason}", flush=True)
         printer(event)
         server.publish(event)

@@ -146,6 +146,7 @@ class TrialFinished(Event):
     duration_s: float
     reason: str | None  # why it failed
     adapter_path: str | None  # its best adapters (a checkpoint directory mlx-lm can load)
+    trials_done: int | None = None  # finished trials the study now holds (stopped or lost ones do not count)
 
 
 @dataclass(frozen=True)

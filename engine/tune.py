@@ -403,16 +403,35 @@ def run_study(cfg: Config, space: search.SearchSpace, s: StudySettings, emit: Ca
     `preset` ({"path", "keys"}: the preset and the keys it and --set gave) lets `promote` write a
     preset like it. Several processes may run this on one study (a shared --storage).
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    from engine import models, run
+    from engine import metrics
 
     deadline = time.monotonic() + s.timeout_min * 60 if s.timeout_min else None  # counts the loading too
     control = control or StudyControl()
     for note in check_plan(cfg, space, s):
         emit(P.LogMessage("warning", note))
     s.study_dir.mkdir(parents=True, exist_ok=True)
+    story = metrics.MetricsLog(s.study_dir)  # the study's own events, for a dashboard attaching later
+    try:
+        return _run_study(cfg, space, s, _logging(emit, story), control, preset, deadline)
+    finally:
+        story.close()
+
+
+def _logging(emit, log):
+    def both(event: P.Event) -> None:
+        if isinstance(event, (StudyStarted, TrialStarted, TrialFinished, StudyFinished)):
+            log.write(event)
+        emit(event)
+
+    return both
+
+
+def _run_study(cfg, space, s: StudySettings, emit, control: StudyControl, preset: dict | None, deadline: float | None) -> StudyFinished:
+    import optuna
+    from optuna.trial import TrialState
+
+    from engine import models, run
+
     url = s.storage or f"sqlite:///{(s.study_dir / 'study.db').resolve()}"
     storage = open_storage(url, s.heartbeat_s, s.grace_s, s.retry_failed)
     study = _open_study(storage, s, cfg, space, preset or {})
@@ -452,10 +471,11 @@ def run_study(cfg: Config, space: search.SearchSpace, s: StudySettings, emit: Ca
         study.optimize(objective, n_trials=1, catch=(Exception,))
         if objective.last_number is None:
             continue
-        frozen = study.get_trials(deepcopy=False)[objective.last_number]
+        trials = study.get_trials(deepcopy=False)
+        frozen = trials[objective.last_number]
         row = row_of(frozen)
         emit(TrialFinished(s.name, row.number, row.state, row.value, row.best_step, row.pruned_at_step,
-                           row.duration_s or 0.0, row.reason, row.adapter_path))
+                           row.duration_s or 0.0, row.reason, row.adapter_path, sum(_counts_as_done(t) for t in trials)))
         failures = failures + [row.reason] if row.state == "failed" and not frozen.user_attrs.get("interrupted") else []
         if len(failures) >= 3 and len(set(failures[-3:])) == 1:
             emit(P.LogMessage("warning", f"3 trials in a row failed the same way; stopping the study: {failures[-1]}"))

@@ -1,6 +1,7 @@
 """A fake engine for UI tests: the real socket protocol and run files, scripted numbers, no mlx.
 
   python tests/fake_engine.py start|resume RUN_DIR [--stop-at STEP]
+  python tests/fake_engine.py tune STUDY_DIR      (a study: real Optuna storage, fake trials)
 
 It speaks through `engine.server.EventServer`, obeys `engine.control.Control`
 (pause, resume, stop, checkpoint) at step boundaries like the real loop,
@@ -19,6 +20,7 @@ failures come from the environment:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml  # noqa: E402
 
-from engine import metrics, protocol as P  # noqa: E402
+from engine import config as config_mod, metrics, protocol as P, search  # noqa: E402
 from engine.cli import Printer  # noqa: E402
 from engine.control import Control  # noqa: E402
 from engine.run import RunRecord  # noqa: E402  (run.json as the real host writes it; no mlx at import)
@@ -52,13 +54,39 @@ def val_loss(step: int, iters: int, speed: float = 1.0) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("start", "resume"))
+    parser.add_argument("mode", choices=("start", "resume", "tune"))
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--stop-at", type=int)
     args = parser.parse_args()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if args.mode == "tune":
+        return tune(args.run_dir.resolve())
 
     run_dir = args.run_dir.resolve()
+    control = Control()
+    server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
+    record = RunRecord(run_dir)  # the real host's run.json writer
+    record.update(pid=os.getpid(), socket=server.address, status="starting")
+    signal.signal(signal.SIGTERM, lambda *_: control.submit(P.Stop()))
+    stop_sampling = threading.Event()
+    threading.Thread(target=sample_memory, args=(server, stop_sampling, lambda: record.read().get("step", 0)), daemon=True).start()
+    exit_code = train(run_dir, args.mode == "resume", args.stop_at, control, server.publish, record)[0]
+    stop_sampling.set()
+    record.update(exit_code=exit_code)
+    server.close()
+    return exit_code
+
+
+def sample_memory(server: EventServer, stop: threading.Event, step) -> None:
+    while not stop.wait(0.25):
+        active = 0.2 + 0.001 * step()
+        server.publish(P.MemorySampled(active, active + 0.05, 0.1, 0.5, 6.0, 10.0, 16.0, 0.0, 0.0))
+
+
+def train(run_dir: Path, resume: bool, stop_at: int | None, control: Control, publish, record: RunRecord, on_eval=None):
+    """One fake run in run_dir (its config.yaml written): (exit code, stopped early, best val loss).
+
+    on_eval(step, val_loss) -> True stops the run there (a study's pruner)."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     train = cfg.get("train", {})
     iters, every_report = int(train.get("iters", 100)), int(train.get("steps_per_report", 10))
@@ -67,15 +95,9 @@ def main() -> int:
     speed = (lr / 1e-5) ** 0.3 * (int((cfg.get("lora") or {}).get("rank", 8)) / 8) ** 0.1  # other settings, other curves
     step_s = env_number("FAKE_ENGINE_STEP_S", 0.01)
     abort_at, fail_at = int(env_number("FAKE_ENGINE_ABORT_AT", -1)), int(env_number("FAKE_ENGINE_FAIL_AT", -1))
-
-    control = Control()
-    server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
-    record = RunRecord(run_dir)  # the real host's run.json writer
-    record.update(pid=os.getpid(), socket=server.address, status="starting")
-    signal.signal(signal.SIGTERM, lambda *_: control.submit(P.Stop()))
     log = metrics.MetricsLog(run_dir)
     printer = Printer(sys.stdout)
-    state = {"step": 0, "best": None, "checkpoint": record.read().get("last_checkpoint")}
+    state = {"step": 0, "best": None, "checkpoint": record.read().get("last_checkpoint"), "pruned": False}
 
     def emit(event: P.Event) -> None:
         if isinstance(event, P.Paused):
@@ -84,7 +106,7 @@ def main() -> int:
             record.update(status="running")
         log.write(event)
         printer(event)
-        server.publish(event)
+        publish(event)
 
     def save(reason: str) -> None:
         path = run_dir / "checkpoints" / f"step-{state['step']:07d}"
@@ -102,21 +124,15 @@ def main() -> int:
             answer = "My name is Tiny." if loss < 2.0 else "name name the the"
             emit(P.SampleGenerated(step=state["step"], prompt=sample_prompt, text=answer))
         state["best"] = loss if state["best"] is None else min(state["best"], loss)
+        if on_eval is not None and state["step"] > 0 and on_eval(state["step"], loss):
+            state["pruned"] = True
 
-    stop_sampling = threading.Event()
-
-    def sample_memory() -> None:
-        while not stop_sampling.wait(0.25):
-            active = 0.2 + 0.001 * state["step"]
-            server.publish(P.MemorySampled(active, active + 0.05, 0.1, 0.5, 6.0, 10.0, 16.0, 0.0, 0.0))
-
-    threading.Thread(target=sample_memory, daemon=True).start()
-    if args.mode == "resume":
+    if resume:
         last = record.read().get("last_checkpoint")
         state["step"] = int(Path(last).name.split("-")[1]) if last else 0
     time.sleep(env_number("FAKE_ENGINE_LOAD_S", 0.0))
     record.update(status="running", total_steps=iters, step=state["step"])
-    emit(P.RunStarted(str(run_dir), iters, state["step"], 75_000, 944_000, 1500, 100, state["checkpoint"] if args.mode == "resume" else None))
+    emit(P.RunStarted(str(run_dir), iters, state["step"], 75_000, 944_000, 1500, 100, state["checkpoint"] if resume else None))
     print("the fake engine is running", flush=True)
     started = time.perf_counter()
     if state["step"] == 0:
@@ -130,7 +146,7 @@ def main() -> int:
         )
         if control.take_checkpoint_request():
             save("requested")
-        if control.stop_requested:
+        if control.stop_requested or state["pruned"]:
             save("stop")
             stopped = True
             break
@@ -151,7 +167,7 @@ def main() -> int:
             evaluate()
         if step == iters:
             save("final")
-        elif step == args.stop_at:
+        elif step == stop_at:
             save("stop")
             stopped = True
             break
@@ -160,11 +176,104 @@ def main() -> int:
     if exit_code == 0:
         record.update(status="stopped" if stopped else "finished", step=state["step"], best_val_loss=state["best"])
         emit(P.RunFinished(state["step"], stopped, state["best"], str(run_dir / "adapters")))
+    log.close()
+    return exit_code, stopped, state["best"]
+
+
+def tune(study_dir: Path) -> int:
+    """A study as the real host runs it (its plan, a real Optuna storage, the study's events), with fake trials.
+
+    FAKE_ENGINE_PRUNER_STARTUP overrides the plan's median-pruner startup (so a short test prunes)."""
+    import optuna
+
+    from engine import trials as trial_store, tune as real_tune
+    from engine.host import STUDY_EVENTS
+
+    control = real_tune.StudyControl()
+    server = EventServer(study_dir, control.submit)
+    record = RunRecord(study_dir)
+    record.update(kind="study", pid=os.getpid(), socket=server.address, status="starting", exit_code=None)
+    signal.signal(signal.SIGTERM, lambda *_: control.stop())
+    cfg, space, s, preset = real_tune.read_plan(study_dir)
+    log = metrics.MetricsLog(study_dir)
+    story: list[P.Event] = []
+
+    def emit(event: P.Event) -> None:
+        if isinstance(event, STUDY_EVENTS):
+            story.append(event)
+            log.write(event)
+        server.publish(event)
+
+    stop_sampling = threading.Event()
+    threading.Thread(target=sample_memory, args=(server, stop_sampling, lambda: 0), daemon=True).start()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = trial_store.open_storage(f"sqlite:///{study_dir / 'study.db'}")
+    startup = int(env_number("FAKE_ENGINE_PRUNER_STARTUP", s.pruner_startup))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=startup) if s.pruner != "none" else optuna.pruners.NopPruner()
+    study = optuna.create_study(storage=storage, study_name=s.name, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.RandomSampler(seed=len(storage.get_all_studies())), pruner=pruner)
+    (study_dir / "study.json").write_text(json.dumps({"study": s.name, "storage": f"sqlite:///{study_dir / 'study.db'}"}))
+    for key, value in {"full_config": cfg.to_dict(), "space": space.to_dict(), "preset": preset}.items():
+        study.set_user_attr(key, value)  # what promote reads, as the real study keeps it
+
+    def done() -> int:
+        return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+
+    emit(P.StudyStarted(s.name, str(study_dir), "sqlite", s.trials, done(), s.sampler, s.pruner, space.to_dict()))
+    record.update(status="running")
+    while done() < s.trials and not control.stopping:
+        trial = study.ask()
+        params = space.suggest(trial)
+        run_dir = study_dir / f"trial-{trial.number:04d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("run_dir", str(run_dir))
+        (run_dir / "config.yaml").write_text(config_mod.dump(search.apply(cfg, params)))
+        story_so_far = list(story)
+        server.reset_history(story_so_far)
+        emit(P.TrialStarted(s.name, trial.number, params, str(run_dir)))
+        trial_control = Control()
+        control.trial_control = trial_control
+        pruned_at: list[int] = []
+        evals: dict[int, float] = {}
+
+        def on_eval(step: int, loss: float) -> bool:
+            evals[step] = loss
+            trial.report(loss, step)
+            if trial.should_prune():
+                pruned_at.append(step)
+                return True
+            return False
+
+        _, stopped, best = train(run_dir, False, None, trial_control, server.publish, RunRecord(run_dir), on_eval)
+        control.trial_control = None
+        if best is not None:
+            trial.set_user_attr("best_val_loss", best)
+        if pruned_at:
+            trial.set_user_attr("pruned_at_step", pruned_at[0])
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            state, reason = "pruned", None
+        elif stopped:
+            trial.set_user_attr("fail_reason", "stopped at step ?; its checkpoint is in " + str(run_dir))
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            state, reason = "failed", "stopped"
+        else:
+            trial.set_user_attr("best_step", min(evals, key=evals.get))  # what the real study records
+            trial.set_user_attr("adapter_path", str(run_dir / "adapters"))
+            study.tell(trial, best)
+            state, reason = "complete", None
+        best_step = min(evals, key=evals.get) if evals else None
+        emit(P.TrialFinished(s.name, trial.number, state, best, best_step, pruned_at[0] if pruned_at else None, 0.1, reason, None, done()))
+    rows = trial_store.leaderboard(study)
+    best = next((r for r in rows if r.state == "complete"), None)
+    counts = {k: sum(r.state == k for r in rows) for k in ("complete", "pruned", "failed")}
+    emit(P.StudyFinished(s.name, counts["complete"], counts["pruned"], counts["failed"], 0, best and best.number, best and best.value,
+                         best.params if best else {}, best and best.adapter_path, "stopped" if control.stopping else "done"))
+    record.update(status="stopped" if control.stopping else "finished", exit_code=0)
     stop_sampling.set()
-    record.update(exit_code=exit_code)
     log.close()
     server.close()
-    return exit_code
+    return 0
 
 
 if __name__ == "__main__":

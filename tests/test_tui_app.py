@@ -288,7 +288,7 @@ def test_run_app_refuses_an_unknown_preset_or_a_folder_that_is_not_a_run(tmp_pat
     assert run_app("demoo") == 2
     assert "error: preset 'demoo' not found (did you mean 'demo'?)" in capsys.readouterr().err
     assert run_app(None, attach=tmp_path) == 2
-    assert capsys.readouterr().err == f"error: {tmp_path}: not a run directory (no config.yaml)\n"
+    assert capsys.readouterr().err == f"error: {tmp_path}: not a run or study directory (no config.yaml, no study.json)\n"
 
 
 @pilot_test

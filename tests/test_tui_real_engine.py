@@ -76,3 +76,36 @@ async def test_try_it_answers_with_the_adapters_beside_the_base_model(fake_env, 
         assert "error" not in answer("tuned").lower()
         await pilot.press("escape")
         await until(pilot, lambda: not app.screen.query("#try-prompt"), what="the screen to close")
+
+
+@pilot_test
+async def test_t_runs_a_real_study_whose_trials_fill_the_leaderboard_and_b_tries_the_best(fake_env):
+    from engine import trials
+    from tui.dialogs.study import StudyDialog
+    from tui.dialogs.try_it import TryItScreen
+    from tui.widgets.trial_board import TrialBoard
+
+    app = make_app(fake_env, engine=ENGINE_COMMAND)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for key, value in {"train.iters": "10", "train.steps_per_report": "5", "train.steps_per_eval": "5", "train.val_batches": "2"}.items():
+            set_field(app, key, value)
+        await pilot.pause()
+        await pilot.press("escape", "t")
+        await until(pilot, lambda: isinstance(app.screen, StudyDialog), what="the study dialog")
+        app.screen.query_one("#study-trials").value = "2"
+        await pilot.pause()
+        await pilot.press("enter")
+        await until(pilot, lambda: app.main.study is not None and app.main.study.trial is not None, timeout_s=120, what="the first trial")
+        await until(pilot, lambda: app.main.view.state == "running" and len(app.main.view.train) >= 1, timeout_s=120, what="its steps")
+        await until(pilot, lambda: app.main.study.state == "finished", timeout_s=240, what="the study to finish")
+        board = app.main.query_one(TrialBoard)
+        await until(pilot, lambda: sum(r.state == "complete" for r in board.rows) == 2, what="two complete trials")
+        study_dir = Path(app.main.study.study_dir)
+        assert [r.number for r in trials.leaderboard(study_dir)] == [r.number for r in board.rows]
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(app.screen, TryItScreen), what="the try-it screen")
+        assert app.screen.run_dir == Path(board.snapshot.best.run_dir) and app.screen.which == "best"
+        await pilot.press("enter")  # a child `lora-mlx generate TRIAL --checkpoint best` answers
+        tuned = lambda: str(app.screen.query_one("#try-tuned").render()).strip()  # noqa: E731
+        await until(pilot, lambda: not any(w.is_running for w in app.screen.workers) and tuned() not in ("", "…"), timeout_s=90, what="the answer")
+        assert "error" not in tuned().lower() and "no best checkpoint" not in tuned()

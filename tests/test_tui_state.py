@@ -157,3 +157,56 @@ def test_a_sample_is_kept_and_logged():
     update = view.apply([P.SampleGenerated(100, "Who are you?", "My name is Tiny.")])
     assert update.sample and view.sample.text == "My name is Tiny."
     assert update.log_lines == ["sample at step 100: 'My name is Tiny.'"]
+
+
+def test_fold_gives_each_trial_a_fresh_view_and_keeps_the_study_story():
+    from tui.state import StudyView, fold
+
+    memory = P.MemorySampled(1, 1, 0, 1, 1, 1, 2, 0, 0)
+    started = P.StudyStarted("demo", "/s/demo", "sqlite", 6, 2, "tpe", "median", {})
+    trial = P.TrialStarted("demo", 2, {"train.learning_rate": 1e-4}, "/s/demo/trial-0002")
+    view, study, update = fold(RunView(state="starting", run_dir="/s/demo"), None, [memory, started, trial, P.RunStarted("/s/demo/trial-0002", 40, 0, 1, 2, 3, 4)])
+    assert study.name == "demo" and study.state == "running" and (study.done, study.target, study.trial) == (2, 6, 2)
+    assert view.run_dir == "/s/demo/trial-0002" and view.state == "running" and view.memory == memory  # the reading carries over
+    assert update.study and "trial 2: train.learning_rate=0.0001" in update.log_lines
+    first = view
+    view, study, _ = fold(view, study, [P.EvalReported(10, 3.0, 0.1), P.RunFinished(10, True, 3.0, "a"),
+                                        P.TrialFinished("demo", 2, "pruned", 3.0, 10, 10, 1.0, None, None, 3)])
+    assert view is first and view.detail == "trial 2 pruned at step 10" and not view.stopped_early
+    assert study.done == 3 and study.trial is None and study.active  # between trials: still running
+    view, study, _ = fold(view, study, [P.TrialStarted("demo", 3, {}, "/s/demo/trial-0003")])
+    assert view is not first and view.state == "starting" and not len(view.train)
+    view, study, update = fold(view, study, [P.StudyFinished("demo", 3, 1, 0, 1, 1, 0.9, {"train.learning_rate": 1e-4}, "/a", "stopped")])
+    assert study.state == "stopped" and not study.active and study.detail == "t continues it"
+    assert "study demo stopped: 3 complete, 1 pruned, 0 failed" in update.log_lines
+
+
+def test_a_study_that_cannot_run_or_whose_process_dies_is_failed():
+    from tui.state import StudyView, fold
+
+    view, study, _ = fold(RunView(state="starting"), StudyView("/s/demo", name="demo"), [P.RunFailed(0, "study 'demo' was started with train.iters=30")])
+    assert study.state == "failed" and "train.iters=30" in study.detail and view.state == "failed"
+    study = StudyView("/s/demo", name="demo", state="running", trial=4)
+    view, study, _ = fold(RunView(state="running"), study, [P.RunFailed(7, "NaN")])  # a trial's own failure
+    assert study.active and view.state == "failed"
+    view, study, _ = fold(view, study, [P.EngineGone(-9, [], None)])
+    assert study.state == "failed" and "exit code -9 (SIGKILL: killed)" in study.detail and "t continues it" in study.detail
+
+
+def test_a_trials_end_is_not_the_end_of_a_study_stream():
+    from engine.client import Story
+
+    story = Story()
+    for event in (P.StudyStarted("d", "/d", "s", 2, 0, "tpe", "median", {}), P.TrialStarted("d", 0, {}, "/d/t0"),
+                  P.RunStarted("/d/t0", 1, 0, 1, 1, 1, 1), P.RunFinished(1, False, 1.0, "a")):
+        story.see(event)
+    assert not story.ended
+    story.see(P.TrialFinished("d", 0, "complete", 1.0, 1, None, 1.0, None, "a", 1))
+    assert not story.ended
+    story.see(P.RunFailed(0, "cannot load the model"))  # outside any trial: the study's own failure
+    assert story.ended
+    run = Story()
+    run.see(P.RunFinished(5, True, None, "a"))
+    assert run.ended
+    run.see(P.RunStarted("r", 10, 5, 1, 1, 1, 1))  # a resumed run replays the earlier end first
+    assert not run.ended

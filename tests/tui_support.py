@@ -48,12 +48,13 @@ def wait_for(condition, timeout_s: float = 15.0, what: str = "the condition"):
 
 @pytest.fixture
 def fake_env(tmp_path, monkeypatch):
-    """A private runs folder and user preset folder; engines still alive at the end are killed."""
+    """A private runs, studies and user preset folder; engines still alive at the end are killed."""
     monkeypatch.setenv("LORA_MLX_PRESETS", str(tmp_path / "user-presets"))
     monkeypatch.setenv("FAKE_ENGINE_STEP_S", "0.01")
+    monkeypatch.setenv("LORA_MLX_STUDIES", str(tmp_path / "studies"))
     runs = tmp_path / "runs"
     yield runs
-    for record in runs.glob("*/run.json"):
+    for record in [*runs.glob("*/run.json"), *(tmp_path / "studies").glob("*/run.json")]:
         pid = json.loads(record.read_text()).get("pid")
         if pid_alive(pid) and pid != os.getpid():  # a run trained in the test process records this pid
             os.kill(pid, signal.SIGKILL)
@@ -109,15 +110,15 @@ def set_field(app: LoraApp, key: str, text: str) -> None:
 RUN_DIR = "/runs/demo-20260101-120000"
 
 
-def story(until_step: int = 120, total: int = 200) -> tuple[list[P.Event], list[P.StepReported], P.MemorySampled]:
-    events: list[P.Event] = [P.RunStarted(RUN_DIR, total, 0, 75_000, 944_000, 1500, 100), P.EvalReported(0, 6.9, 0.3)]
+def story(until_step: int = 120, total: int = 200, run_dir: str = RUN_DIR) -> tuple[list[P.Event], list[P.StepReported], P.MemorySampled]:
+    events: list[P.Event] = [P.RunStarted(run_dir, total, 0, 75_000, 944_000, 1500, 100), P.EvalReported(0, 6.9, 0.3)]
     steps = [
         P.StepReported(s, s / 375, 0.8 + 6.0 * 2.718 ** (-4.0 * s / total), 1e-5, 2100.0 + s, s * 512, 0.25, s * 0.05)
         for s in range(10, until_step + 1, 10)
     ]
     for s in range(50, until_step + 1, 50):
         events.append(P.EvalReported(s, 0.9 + 6.0 * 2.718 ** (-3.5 * s / total), 0.4))
-    events.append(P.CheckpointSaved(100, f"{RUN_DIR}/checkpoints/step-0000100", "periodic"))
+    events.append(P.CheckpointSaved(100, f"{run_dir}/checkpoints/step-0000100", "periodic"))
     memory = P.MemorySampled(0.42, 0.61, 0.12, 0.9, 12.5, 3.5, 16.0, 0.1, 0.0)
     return events, steps, memory
 
@@ -176,3 +177,44 @@ async def shows(pilot, widget, *phrases: str, timeout_s: float = 10.0) -> str:
 async def told(pilot, *messages: str) -> None:
     """Wait until the app has shown these notifications (notify() posts a message: it lands a moment later)."""
     await until(pilot, lambda: all(m in notifications(pilot.app) for m in messages), what=f"notifications {messages} (have {notifications(pilot.app)})")
+
+
+STUDY_PARAMS = ({"train.learning_rate": 5e-4, "lora.rank": 16}, {"train.learning_rate": 1e-4, "lora.rank": 8},
+                {"train.learning_rate": 2e-3, "lora.rank": 4}, {"train.learning_rate": 1e-5, "lora.rank": 8})
+
+
+def write_study(studies: Path, name: str = "demo") -> Path:
+    """A study on disk with fixed times: trial 0 complete, 1 complete (better), 2 pruned at step 100, 3 failed."""
+    from datetime import datetime, timedelta
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study_dir = studies / name
+    study_dir.mkdir(parents=True)
+    url = f"sqlite:///{study_dir / 'study.db'}"
+    (study_dir / "study.json").write_text(json.dumps({"study": name, "storage": url}))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(storage=url, study_name=name, direction="minimize")
+    dists = {"train.learning_rate": FloatDistribution(1e-5, 1e-2, log=True), "lora.rank": CategoricalDistribution((4, 8, 16))}
+    start = datetime(2026, 1, 1, 9, 0, 0)
+    results = [("COMPLETE", 1.12, None), ("COMPLETE", 0.87, None), ("PRUNED", None, 100), ("FAIL", None, None)]
+    for number, ((state, value, pruned_at), params) in enumerate(zip(results, STUDY_PARAMS)):
+        run_dir = study_dir / f"trial-{number:04d}"
+        curve = {50: 3.0 - number * 0.1, 100: 2.0 - number * 0.2, 200: value or 2.5}
+        attrs = {"run_dir": str(run_dir), "adapter_path": f"{run_dir}/checkpoints/step-0000200" if value else None}
+        if value:
+            attrs.update(best_val_loss=value, best_step=200)
+        if pruned_at:
+            attrs.update(pruned_at_step=pruned_at, best_val_loss=curve[100])
+            curve = {k: v for k, v in curve.items() if k <= pruned_at}
+        if state == "FAIL":
+            attrs.update(fail_reason="non-finite loss in 3 steps in a row at step 40", interrupted=False)
+            curve = {}
+        trial = optuna.trial.FrozenTrial(
+            number=number, state=getattr(optuna.trial.TrialState, state), value=value,
+            datetime_start=start + timedelta(minutes=5 * number), datetime_complete=start + timedelta(minutes=5 * number, seconds=200 - 40 * number),
+            params=params, distributions=dists, user_attrs=attrs, system_attrs={}, intermediate_values=curve, trial_id=number,
+        )
+        study.add_trial(trial)
+    return study_dir

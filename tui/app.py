@@ -52,8 +52,8 @@ def run_app(preset: str | None = "demo", attach: Path | None = None) -> int:
     preset_path = None
     try:
         if attach is not None:
-            if not (Path(attach) / "config.yaml").exists():
-                raise C.ConfigError(f"{attach}: not a run directory (no config.yaml)")
+            if not (Path(attach) / "config.yaml").exists() and not engine_client.is_study(Path(attach)):
+                raise C.ConfigError(f"{attach}: not a run or study directory (no config.yaml, no study.json)")
         elif preset:
             preset_path = C.resolve_preset(preset)
             if not preset_path.exists():

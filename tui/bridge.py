@@ -160,7 +160,9 @@ def from_files(run_dir: Path, exit_code: int | None = None) -> list[P.Event]:
     if story.ended:
         return history
     record = engine_client.read_record(run_dir)
-    if engine_client.pid_alive(record.get("pid")):
+    if engine_client.is_study(run_dir) and "pid" not in record:
+        history.append(P.LogMessage("info", "no study process of this dashboard runs here (lora-mlx tune runs its own); the trials show as they are stored"))
+    elif engine_client.pid_alive(record.get("pid")):
         history.append(P.LogMessage("warning", f"the engine (pid {record.get('pid')}) is running but did not answer on its socket"))
     else:
         code = exit_code if exit_code is not None else record.get("exit_code")

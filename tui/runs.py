@@ -114,3 +114,11 @@ def read_curves(run_dir: Path) -> tuple[Series, Series]:
         elif isinstance(event, P.EvalReported):
             val.add(event.step, event.val_loss)
     return train, val
+
+
+def sample_prompt(run_dir: Path) -> str:
+    """The run's train.sample_prompt (what `g` asks first), or '' when it has none or no readable config."""
+    try:
+        return str(((yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("train") or {}).get("sample_prompt") or "")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ""

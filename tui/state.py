@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import protocol as P
+from engine.trials import format_params
 
 ACTIVE_STATES = ("starting", "running", "paused", "stopping")
 PAUSED_DETAIL = "model kept in memory; p resumes"
@@ -50,10 +51,12 @@ class Update:
     chart: bool = False
     memory: bool = False
     sample: bool = False
+    study: bool = False  # the study's story moved on (a trial started or ended): read its trials again
     log_lines: list[str] = field(default_factory=list)
 
     def merge(self, other: Update) -> None:
         self.state |= other.state
+        self.study |= other.study
         self.progress |= other.progress
         self.chart |= other.chart
         self.memory |= other.memory
@@ -257,3 +260,91 @@ def clock(seconds: float | None) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+STUDY_ACTIVE = ("starting", "running", "stopping")
+STUDY_EVENTS = (P.StudyStarted, P.TrialStarted, P.TrialFinished, P.StudyFinished)
+
+
+@dataclass
+class StudyView:
+    """A study as the dashboard shows it: which trial runs, how many are done, how it ended."""
+
+    study_dir: str
+    name: str = ""
+    state: str = "starting"  # starting, running, stopping, finished, stopped, failed
+    target: int = 0
+    done: int = 0
+    trial: int | None = None  # the trial running now
+    trial_params: dict = field(default_factory=dict)
+    detail: str = ""
+    summary: P.StudyFinished | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in STUDY_ACTIVE
+
+    def apply(self, e: P.Event) -> list[str]:
+        """Fold one study event in; the log lines it makes."""
+        if isinstance(e, P.StudyStarted):
+            self.name, self.target, self.done = e.study, e.trials_target, e.trials_done
+            self.state, self.detail, self.summary = "running", "", None
+            return [f"study {e.study}: {e.trials_done} of {e.trials_target} trials done; sampler {e.sampler}, pruner {e.pruner}"]
+        if isinstance(e, P.TrialStarted):
+            self.trial, self.trial_params = e.number, e.params
+            again = f" (re-runs trial {e.retry_of})" if e.retry_of is not None else ""
+            return [f"trial {e.number}{again}: {format_params(e.params)}"]
+        if isinstance(e, P.TrialFinished):
+            self.trial = None
+            if e.trials_done is not None:
+                self.done = e.trials_done
+            if e.state == "complete":
+                return [f"trial {e.number} complete: val_loss {e.value:.4f} (best at step {e.best_step})"]
+            if e.state == "pruned":
+                return [f"trial {e.number} pruned at step {e.pruned_at_step}"]
+            return [f"trial {e.number} failed: {e.reason}"]
+        if isinstance(e, P.StudyFinished):
+            self.summary, self.trial = e, None
+            self.state = "finished" if e.reason in ("done", "grid exhausted") else "stopped"
+            self.detail = {"done": "all trials done", "grid exhausted": "the grid is done", "stopped": "t continues it",
+                           "timeout": "timed out; t continues it", "failing": "trials keep failing; see the log"}.get(e.reason, e.reason)
+            lines = [f"study {e.study} {self.state}: {e.complete} complete, {e.pruned} pruned, {e.failed} failed"]
+            if e.best_number is not None:
+                lines.append(f"best: trial {e.best_number}, val_loss {e.best_value:.4f}: {format_params(e.best_params)}")
+            return lines
+        if isinstance(e, P.RunFailed) and self.trial is None:  # outside any trial: the study itself could not go on
+            self.state, self.detail = "failed", e.reason
+            return [f"the study could not run: {e.reason}"]
+        if isinstance(e, P.EngineGone) and self.active:
+            self.state, self.detail = "failed", f"the study process ended unexpectedly ({describe_exit(e.exit_code)}); t continues it"
+        return []
+
+    def request_stop(self) -> None:
+        self.state, self.detail = "stopping", "the trial saves a checkpoint, then the study stops"
+
+
+def fold(view: RunView, study: StudyView | None, events: list[P.Event]) -> tuple[RunView, StudyView | None, Update]:
+    """Apply events: a study's own events go to the study view, and each new trial gets a fresh run view
+    (the memory reading carries over). Returns the views to show from now on and what changed."""
+    update, batch = Update(), []
+    for event in events:
+        studied = isinstance(event, (*STUDY_EVENTS, P.RunFailed, P.EngineGone)) and (study is not None or isinstance(event, P.StudyStarted))
+        if not studied:
+            batch.append(event)
+            continue
+        update.merge(view.apply(batch))
+        batch = []
+        study = study or StudyView(view.run_dir)  # attached to a directory not known to be a study
+        update.log_lines += study.apply(event)
+        if isinstance(event, P.TrialStarted):
+            view = RunView(state="starting", run_dir=event.run_dir, detail=f"trial {event.number} of study {study.name}", memory=view.memory)
+            update.merge(Update(progress=True, chart=True))
+        elif isinstance(event, P.TrialFinished) and view.state == "finished":  # the trial's run said "stopped": say why
+            view.stopped_early = False
+            view.detail = (f"trial {event.number} pruned at step {event.pruned_at_step}" if event.state == "pruned"
+                           else f"trial {event.number} {event.state}" + (f": {event.reason}" if event.reason else ""))
+        elif isinstance(event, (P.RunFailed, P.EngineGone)):
+            update.merge(view.apply([event]))
+        update.state = update.study = True
+    update.merge(view.apply(batch))
+    return view, study, update

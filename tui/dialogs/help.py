@@ -15,6 +15,17 @@ ABOUT = (
 )
 
 
+PANE_KEYS = [  # keys of one pane, beside the screen's own
+    ("config pane", "ctrl+s", "Save the configuration as a new preset"),
+    ("runs", "r", "Refresh the runs"),
+    ("runs, trials", "enter", "Overlay the run's or trial's loss curves on the chart (again: remove)"),
+    ("trials", "g", "Try the selected trial's best adapters"),
+    ("trials", "P", "Promote the best trial to a preset"),
+    ("anywhere", "tab / shift+tab", "Move between fields and panes"),
+    ("anywhere", "ctrl+p", "Command palette"),
+]
+
+
 class HelpDialog(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close", id="close-help")]
 

@@ -1,4 +1,4 @@
-"""Quitting while a run is active: stop and save, detach (keep training), or cancel."""
+"""Quitting while a run or study is active: stop and save, detach (keep training), or cancel."""
 
 from __future__ import annotations
 
@@ -19,17 +19,24 @@ class QuitDialog(ModalScreen[str | None]):
         Binding("escape,c", "choose('')", "Cancel", id="quit-cancel"),
     ]
 
-    def __init__(self, run_name: str) -> None:
+    RUN_TEXT = (
+        "Stop and save: the engine saves a checkpoint and stops (resume it later).\n"
+        "Detach: leave it training in the background; come back with lora-mlx attach."
+    )
+
+    STUDY_TEXT = (
+        "Stop and save: the trial saves a checkpoint and the study stops; t continues it later\n"
+        "(the stopped trial runs again). Detach: it keeps running; lora-mlx attach shows it again."
+    )
+
+    def __init__(self, title: str, text: str = RUN_TEXT) -> None:
         super().__init__()
-        self.run_name = run_name
+        self.title_text, self.text = title, text
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"{self.run_name} is still training", classes="dialog-title")
-            yield Static(
-                "Stop and save: the engine saves a checkpoint and stops (resume it later).\n"
-                "Detach: leave it training in the background; come back with lora-mlx attach."
-            )
+            yield Label(self.title_text, classes="dialog-title")
+            yield Static(self.text)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Stop and save (s)", id="stop", variant="error", compact=True)
                 yield Button("Detach (d)", id="detach", variant="primary", compact=True)

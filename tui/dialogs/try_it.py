@@ -36,14 +36,16 @@ class TryItScreen(ModalScreen[None]):
             super().__init__()
             self.side, self.text, self.done, self.error = side, text, done, error
 
-    def __init__(self, run_dir: Path, prompt: str) -> None:
+    def __init__(self, run_dir: Path, prompt: str, which: str = "latest") -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.prompt = prompt
+        self.which = which  # latest, or best (a trial's objective is its best checkpoint)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Try it: {self.run_dir.name} (enter: answer, escape: close)", classes="dialog-title")
+            name = f"{self.run_dir.parent.name}/{self.run_dir.name}" if self.which == "best" else self.run_dir.name
+            yield Label(f"Try it: {name}, {self.which} adapters (enter: answer, escape: close)", classes="dialog-title")
             yield Input(self.prompt, placeholder="a prompt", id="try-prompt")
             with Horizontal(id="try-answers"):
                 for side, title in SIDES.items():
@@ -62,7 +64,7 @@ class TryItScreen(ModalScreen[None]):
 
     @work(thread=True, exit_on_error=False)
     def _generate(self, side: str, prompt: str) -> None:
-        command = [sys.executable, "-m", "engine.cli", "generate", str(self.run_dir), "--prompt", prompt, "--max-tokens", str(MAX_TOKENS)]
+        command = [sys.executable, "-m", "engine.cli", "generate", str(self.run_dir), "--prompt", prompt, "--max-tokens", str(MAX_TOKENS), "--checkpoint", self.which]
         if side == "base":
             command.append("--base")
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=C.REPO_ROOT, stdin=subprocess.DEVNULL)

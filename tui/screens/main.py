@@ -11,48 +11,35 @@ import queue
 from datetime import datetime
 from pathlib import Path
 
-import yaml
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Tab, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from engine import config as C, protocol as P
-from tui import runs
-from tui.bridge import AttachJob, StartJob, run_bridge
+from engine import client as engine_client, config as C, protocol as P, tune
+from tui import runs, trials
+from tui.bridge import AttachJob, StartJob, StudyJob, run_bridge
 from tui.layout import MEDIUM_WIDTH, WIDE_WIDTH, visible_panes
-from tui.dialogs.help import HelpDialog
+from tui.dialogs.help import PANE_KEYS, HelpDialog
 from tui.dialogs.quit import QuitDialog
+from tui.dialogs.study import StudyDialog, settings_for
 from tui.dialogs.try_it import TryItScreen
 from tui.messages import BridgeEnded, CommandSent, EngineEvents, RunLaunched, Telemetry
-from tui.state import RunView, Series, Update
+from tui.state import RunView, StudyView, Update, fold
+from tui.widgets.boards import Boards
 from tui.widgets.config_form import ConfigForm
-from tui.widgets.leaderboard import Leaderboard
+from tui.widgets.trial_board import TrialBoard
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.memory_gauge import MemoryGauge
 from tui.widgets.status_bar import StatusBar
 from tui.widgets.training import TrainingPane
 
-PANES = {"config": "1 Config", "training": "2 Training", "memory": "3 Memory", "runs": "4 Runs"}
-RUNS_REFRESH_S = 5.0
+PANES = {"config": "1 Config", "training": "2 Training", "memory": "3 Memory", "runs": "4 Leaderboard"}
 TELEMETRY_DRAW_S = 0.5
-
-
-class RunsRead(Message):
-    def __init__(self, rows: list[runs.RunRow]) -> None:
-        super().__init__()
-        self.rows = rows
-
-
-class OverlayRead(Message):
-    def __init__(self, run_dir: Path, train: Series, val: Series) -> None:
-        super().__init__()
-        self.run_dir, self.train, self.val = run_dir, train, val
 
 
 class MainScreen(Screen):
@@ -64,6 +51,9 @@ class MainScreen(Screen):
         Binding("c", "checkpoint", "Checkpoint", id="checkpoint", tooltip="Save a checkpoint now and keep training"),
         Binding("q", "quit", "Quit", id="quit", tooltip="Quit; with a run active, choose stop and save, detach or cancel"),
         Binding("g", "try_it", "Try it", id="try-it", tooltip="Answer a prompt with the run's adapters, beside the base model"),
+        Binding("t", "study", "Study", id="study", tooltip="Search hyperparameters for this preset: start or continue its study"),
+        Binding("b", "try_best", "Best", id="try-best", show=False, tooltip="Try the best trial's adapters (from the study's leaderboard)"),
+        Binding("l", "toggle_board", "Runs/trials", id="toggle-board", show=False, tooltip="Switch the leaderboard between runs and the study's trials"),
         Binding("question_mark", "help", "Help", id="help", key_display="?", tooltip="Show every key"),
         *(
             Binding(str(n), f"show_pane('{pane}')", f"Show {pane}", id=f"pane-{pane}", show=False)
@@ -78,10 +68,8 @@ class MainScreen(Screen):
         self.preset_name = preset_path.stem if preset_path else ""
         self.engine_command, self.runs_root = engine_command, runs_root
         self.view = RunView()
+        self.study: StudyView | None = None  # the study this dashboard runs or watches
         self.commands: queue.SimpleQueue | None = None  # the live bridge's command queue
-        self.overlay_dir: Path | None = None
-        self.rows: list[runs.RunRow] = []
-        self._runs_shown: tuple | None = None
         self._pending = Update()  # telemetry applied to the view, not drawn yet
         self._pending_timer: Timer | None = None
         self.quit_when_ended = False
@@ -95,24 +83,34 @@ class MainScreen(Screen):
             yield TrainingPane(id="training", classes="pane")
             with Vertical(id="side"):
                 yield MemoryGauge(id="memory", classes="pane")
-                yield Leaderboard(id="runs", classes="pane")
+                yield Boards(self.runs_root, id="runs", classes="pane")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        for pane, title in (("config", "Configuration"), ("training", "Training"), ("memory", "Memory"), ("runs", "Runs")):
+        for pane, title in (("config", "Configuration"), ("training", "Training"), ("memory", "Memory")):
             self.query_one(f"#{pane}").border_title = title
         self._apply_layout()
         self._show(Update(state=True, progress=True, chart=True, memory=True))
-        self.refresh_runs()
-        self.set_interval(RUNS_REFRESH_S, self.refresh_runs)
         if self.attach_dir is not None:
             self._attach_run(self.attach_dir)
+        elif self.preset_name:
+            self._follow_study(trials.study_dir_for(self.preset_name), switch=False)
+
+    @property
+    def studying(self) -> bool:
+        return self.study is not None and self.study.active
+
+    @property
+    def busy(self) -> bool:
+        """A run or a study is active (the form is locked, s and t are refused, quitting asks)."""
+        return self.view.active or self.studying
 
     # -- keys --------------------------------------------------------------------------
 
     def action_start(self) -> None:
-        if self.view.active:
-            self.notify(f"A run is already {self.view.state}: stop it with x first.", title="Cannot start", severity="warning", markup=False)
+        if self.busy:
+            what = "The study is running" if self.studying else f"A run is already {self.view.state}"
+            self.notify(f"{what}: stop it with x first.", title="Cannot start", severity="warning", markup=False)
             return
         try:
             cfg = self.query_one(ConfigForm).build_config()
@@ -121,8 +119,42 @@ class MainScreen(Screen):
             self.notify(str(e), title="Cannot start: fix the configuration", severity="error", timeout=10, markup=False)
             return
         run_dir = runs.new_run_dir(self.runs_root.resolve(), self.preset_name, datetime.now())  # the engine runs in another cwd
+        self.study = None
         self._begin(run_dir, "launching the engine")
         self.bridge(StartJob(cfg, run_dir, self.engine_command), self.commands)
+
+    def action_study(self) -> None:
+        """t: start or continue the study of the preset in the form (attach if its process runs)."""
+        if self.busy:
+            self.notify("A run or study is active: stop it with x first (or detach with q).", title="Cannot start a study", severity="warning", markup=False)
+            return
+        try:
+            cfg, space, preset = self.query_one(ConfigForm).study_source()
+        except C.ConfigError as e:
+            self.action_show_pane("config")
+            self.notify(str(e), title="Cannot start a study: fix the configuration", severity="error", timeout=10, markup=False)
+            return
+        name = trials.study_name(self.preset_name)
+        settings = settings_for(name, trials.studies_root().resolve())
+        if engine_client.pid_alive(engine_client.read_record(settings.study_dir).get("pid")):
+            self.notify(f"Study {name} is already running; showing it.", markup=False)
+            self._attach_run(settings.study_dir)
+            return
+
+        def chosen(result: tune.StudySettings | None) -> None:
+            if result is None:
+                return
+            try:
+                tune.write_plan(cfg, space, result, preset)
+            except OSError as e:
+                self.notify(f"Cannot write the study plan in {result.study_dir}: {e}", severity="error", timeout=10, markup=False)
+                return
+            self.study = StudyView(str(result.study_dir), name=result.name, target=result.trials)
+            self._begin(result.study_dir, "launching the study")
+            self._follow_study(result.study_dir, target=result.trials)
+            self.bridge(StudyJob(result.study_dir, self.engine_command), self.commands)
+
+        self.app.push_screen(StudyDialog(settings, cfg, space, preset["path"] or "the form"), chosen)
 
     def action_pause_resume(self) -> None:
         if self.view.state == "paused":
@@ -133,7 +165,9 @@ class MainScreen(Screen):
             self._not_now("pause")
 
     def action_stop(self) -> None:
-        if self.view.state in ("running", "paused", "starting"):
+        if self.view.state in ("running", "paused", "starting") or self.studying:
+            if self.studying:
+                self.study.request_stop()
             self._send(P.Stop())
         else:
             self._not_now("stop")
@@ -145,43 +179,77 @@ class MainScreen(Screen):
             self._not_now("checkpoint")
 
     def action_quit(self) -> None:
-        if not self.view.active or self.commands is None:
+        if not self.busy or self.commands is None:
             self.app.exit(0)
-        elif self.view.state == "stopping":
+        elif (self.study.state if self.studying else self.view.state) == "stopping":
             self._detach_ui("it is saving a checkpoint and stopping on its own")
+        elif self.studying:
+            trial = f" (trial {self.study.trial})" if self.study.trial is not None else ""
+            self.app.push_screen(QuitDialog(f"study {self.study.name} is still running{trial}", QuitDialog.STUDY_TEXT), self._quit_chosen)
         else:
-            self.app.push_screen(QuitDialog(self.view.run_name), self._quit_chosen)
+            self.app.push_screen(QuitDialog(f"{self.view.run_name} is still training"), self._quit_chosen)
 
     def _quit_chosen(self, choice: str | None) -> None:
         if choice == "stop":
             self.quit_when_ended = True
-            self._send(P.Stop())
-            self.notify("Saving a checkpoint; the dashboard closes when the run has stopped.", title="Stopping", markup=False)
+            self.action_stop()
+            self.notify("Saving a checkpoint; the dashboard closes when it has stopped.", title="Stopping", markup=False)
         elif choice == "detach":
-            self._detach_ui("it keeps training")
+            self._detach_ui("it keeps running" if self.studying else "it keeps training")
 
     def _detach_ui(self, why: str) -> None:
-        run_dir = self.view.run_dir
-        self.app.exit(0, message=f"Detached from {run_dir}: {why}.\nWatch it again with: lora-mlx attach {run_dir}")
+        where = self.study.study_dir if self.studying else self.view.run_dir
+        self.app.exit(0, message=f"Detached from {where}: {why}.\nWatch it again with: lora-mlx attach {where}")
 
     def action_try_it(self) -> None:
-        if not self.view.run_dir:
+        if not self.view.run_dir or engine_client.is_study(Path(self.view.run_dir)):
             self.notify("Start a run (s) or attach to one first: the adapters come from a run.", title="Nothing to try yet", severity="warning", markup=False)
             return
-        run_dir = Path(self.view.run_dir)
-        prompt = ""
+        self._try(Path(self.view.run_dir), "latest")
+
+    def action_try_best(self) -> None:
+        boards = self.query_one(Boards)
+        best = boards.snapshot.best if boards.snapshot else None
+        if best is None or not best.run_dir:
+            self.notify("No complete trial yet: start a study with t.", title="No best trial", severity="warning", markup=False)
+            return
+        self._try(Path(best.run_dir), "best")
+
+    @on(TrialBoard.TryWanted)
+    def _try_trial(self, message: TrialBoard.TryWanted) -> None:
+        self._try(message.run_dir, "best")
+
+    def _try(self, run_dir: Path, which: str) -> None:
+        self.app.push_screen(TryItScreen(run_dir, runs.sample_prompt(run_dir) or "hello", which))
+
+    @on(TrialBoard.PromoteWanted)
+    def _promote_wanted(self) -> None:
+        snapshot = self.query_one(Boards).snapshot
+        if snapshot is None or snapshot.best is None:
+            self.notify("No complete trial yet: nothing to promote.", severity="warning", markup=False)
+        else:
+            self.promote(snapshot.study_dir)
+
+    @work(thread=True, exclusive=True, group="promote", exit_on_error=False)
+    def promote(self, study_dir: Path) -> None:
         try:
-            prompt = C.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())).train.sample_prompt
-        except (OSError, C.ConfigError, AttributeError):
-            pass
-        self.app.push_screen(TryItScreen(run_dir, prompt or "hello"))
+            path = trials.promote_best(study_dir)
+        except C.ConfigError as e:
+            self.app.call_from_thread(self.notify, str(e), title="Not promoted", severity="error", markup=False)
+            return
+        self.app.call_from_thread(self.query_one(ConfigForm).refresh_presets)
+        self.app.call_from_thread(self.notify, f"Wrote {path}: pick it in the Config pane, or lora-mlx train {path}",
+                                  title="Best trial promoted", timeout=10, markup=False)
+
+    def action_toggle_board(self) -> None:
+        shown = self.query_one(Boards).toggle()
+        if self.pane != "runs" and "runs" not in visible_panes(self.size.width, self.pane):
+            self.action_show_pane("runs")
+        self.notify("Showing the study's trials." if shown == "trial-board" else "Showing the runs.", markup=False)
 
     def action_help(self) -> None:
         keys = [("anywhere", b.key_display or b.key, b.tooltip or b.description) for b in self.BINDINGS if isinstance(b, Binding)]
-        keys += [("config pane", "ctrl+s", "Save the configuration as a new preset"), ("runs pane", "r", "Refresh the runs"),
-                 ("runs pane", "enter", "Overlay the run's loss curves on the chart (again: remove)"),
-                 ("anywhere", "tab / shift+tab", "Move between fields and panes"), ("anywhere", "ctrl+p", "Command palette")]
-        self.app.push_screen(HelpDialog(keys))
+        self.app.push_screen(HelpDialog(keys + PANE_KEYS))
 
     def action_show_pane(self, pane: str) -> None:
         if pane not in PANES:
@@ -189,7 +257,7 @@ class MainScreen(Screen):
         self.pane = pane
         self._apply_layout()
         self.query_one(Tabs).active = f"tab-{pane}"
-        target = {"config": "#preset-select", "training": "#events", "memory": "#pane-tabs", "runs": "#runs-table"}[pane]
+        target = {"config": "#preset-select", "training": "#events", "memory": "#pane-tabs", "runs": self.query_one(Boards).table_selector}[pane]
         self.call_after_refresh(lambda: self._focus(target))
 
     def on_resize(self) -> None:
@@ -236,43 +304,63 @@ class MainScreen(Screen):
         self.commands = queue.SimpleQueue()
         self.quit_when_ended = False
         self.query_one(TrainingPane).clear_log()
+        self.query_one(Boards).set_current(run_dir)
         self._show(Update(state=True, progress=True, chart=True, memory=True))
 
     def _attach_run(self, run_dir: Path) -> None:
         run_dir = run_dir.resolve()
         if (run_dir / "config.yaml").exists():
-            self.query_one(ConfigForm).load(run_dir / "config.yaml", label=f"run {run_dir.name}")
+            self.query_one(ConfigForm).load(run_dir / "config.yaml", label=f"{'study' if engine_client.is_study(run_dir) else 'run'} {run_dir.name}")
+        self.study = StudyView(str(run_dir), name=run_dir.name) if engine_client.is_study(run_dir) else None
         self._begin(run_dir, "connecting to the engine")
+        if self.study is not None:
+            self._follow_study(run_dir)
         self.bridge(AttachJob(run_dir), self.commands)
 
+    def _follow_study(self, study_dir: Path, target: int | None = None, switch: bool = True) -> None:
+        boards = self.query_one(Boards)
+        boards.show_study(study_dir, target, switch=switch)
+        boards.study_live = self.study is not None and self.study.active
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="bridge", description="engine bridge")
-    def bridge(self, job: StartJob | AttachJob, commands: queue.SimpleQueue) -> None:
+    def bridge(self, job: StartJob | StudyJob | AttachJob, commands: queue.SimpleQueue) -> None:
         worker = get_current_worker()
         run_bridge(job, commands, self.post_message, lambda: worker.is_cancelled)
 
     @on(EngineEvents)
     @on(Telemetry)
     def _engine_events(self, message: EngineEvents | Telemetry) -> None:
-        was_active = self.view.active
-        self._pending.merge(self.view.apply(message.events))
+        was_busy, trial = self.busy, self.view
+        self.view, self.study, update = fold(self.view, self.study, message.events)
+        self._pending.merge(update)
+        if self.view is not trial:  # a new trial: the boards mark it as the one running
+            self.query_one(Boards).set_current(Path(self.view.run_dir))
+        if update.study:
+            self._follow_study(Path(self.study.study_dir), self.study.target or None, switch=False)
         if isinstance(message, Telemetry):
             # Numbers arrive ~8 times a second; drawing them twice a second is smooth enough and costs less CPU.
             if self._pending_timer is None:
                 self._pending_timer = self.set_timer(TELEMETRY_DRAW_S, self._draw_pending)
         else:
             self._draw_pending()  # the run's story (eval, pause, end) shows at once
-        if was_active and not self.view.active:
-            self.refresh_runs()
+        if was_busy and not self.busy:
+            self.query_one(Boards).refresh_runs()
+            self.query_one(Boards).study_live = False
             if isinstance(self.app.screen, QuitDialog):
                 self.app.screen.dismiss(None)  # its question no longer applies
-                self.notify(f"The run is {self.view.state}; nothing to stop or detach from.", markup=False)
+                what = f"study is {self.study.state}" if self.study is not None else f"run is {self.view.state}"
+                self.notify(f"The {what}; nothing to stop or detach from.", markup=False)
             if self.quit_when_ended:
-                self.app.exit(0, message=f"{self.view.run_name}: {self.view.state}. {self.view.detail}")
+                if self.study is not None:
+                    self.app.exit(0, message=f"Study {self.study.name} {self.study.state} ({self.study.done} of {self.study.target} trials done).\n"
+                                             "To continue it, open the dashboard on the same preset and press t.")
+                else:
+                    self.app.exit(0, message=f"{self.view.run_name}: {self.view.state}. {self.view.detail}")
 
     @on(RunLaunched)
     def _launched(self, message: RunLaunched) -> None:
-        self.query_one(TrainingPane).add_log([f"engine process {message.pid} started; run dir {message.run_dir}"])
-        self.refresh_runs()
+        self.query_one(TrainingPane).add_log([f"engine process {message.pid} started in {message.run_dir}"])
+        self.query_one(Boards).refresh_runs()
 
     @on(CommandSent)
     def _command_sent(self, message: CommandSent) -> None:
@@ -281,8 +369,12 @@ class MainScreen(Screen):
 
     @on(BridgeEnded)
     def _bridge_ended(self, message: BridgeEnded) -> None:
-        if str(message.run_dir) == self.view.run_dir:
+        if str(message.run_dir) in (self.view.run_dir, self.study.study_dir if self.study else None):
             self.commands = None
+        if self.study is not None and self.study.active and str(message.run_dir) == self.study.study_dir:
+            self.study.state, self.study.detail = "stopped", "no study process runs; t continues it"
+            self.query_one(Boards).study_live = False
+            self._show(Update(state=True))
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -307,17 +399,17 @@ class MainScreen(Screen):
     def _show(self, update: Update) -> None:
         """Hand the parts of the view that changed to the widgets."""
         training = self.query_one(TrainingPane)
-        hint = f"No run yet. Press s to train preset '{self.preset_name}' (settings: Config, key 1)."
+        hint = f"No run yet: s trains preset '{self.preset_name}', t tunes it (a study); settings: key 1."
         if update.state or update.progress:
-            self.query_one(StatusBar).show(self.view, self.preset_name)
+            self.query_one(StatusBar).show(self.view, self.preset_name, self.study)
             training.show_progress(self.view, hint)
         elif update.memory:
             training.show_numbers(self.view, hint)  # the memory figure on the numbers line
         if update.state:
             training.show_failure(self.view)
             form = self.query_one(ConfigForm)
-            if form.locked != self.view.active:
-                form.set_locked(self.view.active)
+            if form.locked != self.busy:
+                form.set_locked(self.busy)
         if update.chart:
             training.show_chart(self.view)
         if update.sample or update.state:
@@ -330,46 +422,15 @@ class MainScreen(Screen):
     def _preset_loaded(self, message: ConfigForm.PresetLoaded) -> None:
         self.preset_name = message.preset_name
         self._show(Update(state=True))
+        if not self.busy and not message.preset_name.startswith(("run ", "study ")):
+            self._follow_study(trials.study_dir_for(trials.study_name(self.preset_name)), switch=False)
 
-    # -- the leaderboard -------------------------------------------------------------------
-
-    @work(thread=True, exclusive=True, group="runs", description="read runs")
-    def refresh_runs(self) -> None:
-        self.post_message(RunsRead(runs.read_rows(self.runs_root)))
-
-    @on(RunsRead)
-    def _runs_read(self, message: RunsRead) -> None:
-        current = Path(self.view.run_dir) if self.view.run_dir else None
-        shown = (message.rows, current, self.overlay_dir)
-        if shown != self._runs_shown:  # rebuilding the table every few seconds for nothing costs frames
-            self._runs_shown = shown
-            self.query_one(Leaderboard).show(*shown)
-        self.rows = message.rows
-
-    @on(Leaderboard.RefreshWanted)
-    def _refresh_wanted(self) -> None:
-        self.refresh_runs()
-
-    @on(Leaderboard.Chosen)
-    def _run_chosen(self, message: Leaderboard.Chosen) -> None:
-        if message.run_dir == self.overlay_dir:
-            self.overlay_dir = None
-            self.query_one(LossChart).set_overlay(None)
-            self._runs_read(RunsRead(self.rows))
+    @on(Boards.OverlayChanged)
+    def _overlay_changed(self, message: Boards.OverlayChanged) -> None:
+        chart = self.query_one(LossChart)
+        if message.name is None:
+            chart.set_overlay(None)
             self.notify("Overlay removed.", markup=False)
         else:
-            self.read_overlay(message.run_dir)
-
-    @work(thread=True, exclusive=True, group="overlay", description="read a run's curves")
-    def read_overlay(self, run_dir: Path) -> None:
-        self.post_message(OverlayRead(run_dir, *runs.read_curves(run_dir)))
-
-    @on(OverlayRead)
-    def _overlay_read(self, message: OverlayRead) -> None:
-        if not len(message.train) and not len(message.val):
-            self.notify(f"{message.run_dir.name} has no recorded steps yet.", severity="warning", markup=False)
-            return
-        self.overlay_dir = message.run_dir
-        self.query_one(LossChart).set_overlay((message.run_dir.name, message.train, message.val))
-        self._runs_read(RunsRead(self.rows))
-        self.notify(f"{message.run_dir.name} is overlaid on the training chart (grey).", markup=False)
+            chart.set_overlay((message.name, message.train, message.val))
+            self.notify(f"{message.name} is overlaid on the training chart (grey).", markup=False)

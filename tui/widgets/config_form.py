@@ -20,7 +20,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input, Label, Select, Static, Switch
 
-from engine import config as C
+from engine import config as C, search
 from tui import presets
 from tui.dialogs.save_preset import SavePresetDialog
 
@@ -194,6 +194,25 @@ class ConfigForm(VerticalScroll):
             raise C.ConfigError("\n".join(problems))
         return presets.build_config(self.preset, self.values)
 
+    def study_source(self) -> tuple[C.Config, search.SearchSpace, dict]:
+        """What a study from this form searches: the config, the preset's search: section (or the
+        default space), and {"path", "keys"} for promoting its best trial to a preset later."""
+        cfg = self.build_config()
+        path = self.preset.path if self.preset.path and self.preset.path.name != "config.yaml" else None
+        entry = C.read_yaml(path).get("search") if path else None
+        space = search.parse(entry, str(path), cfg)
+        keys = sorted(self.preset.explicit | set(presets.changed_keys(self.preset, self.values)))
+        return cfg, space, {"path": str(path) if path else "", "keys": keys}
+
+    def refresh_presets(self) -> None:
+        """List the preset folders again (a preset was written)."""
+        select = self.query_one("#preset-select", Select)
+        options = [(label, str(p)) for label, p in presets.list_presets()]
+        with self.prevent(Select.Changed):
+            select.set_options(options)
+            if self.preset.path is not None and any(v == str(self.preset.path) for _, v in options):
+                select.value = str(self.preset.path)
+
     def action_save_preset(self) -> None:
         try:
             cfg = self.build_config()
@@ -210,9 +229,7 @@ class ConfigForm(VerticalScroll):
             except (OSError, C.ConfigError) as e:
                 self.notify(str(e), title="Preset not saved", severity="error", timeout=8, markup=False)
                 return
-            self.query_one("#preset-select", Select).set_options(
-                [(label, str(p)) for label, p in presets.list_presets()]
-            )
+            self.refresh_presets()
             self.load(path)
             self.query_one("#preset-select", Select).value = str(path)
             self.notify(f"Saved {path}", title="Preset saved", markup=False)
