@@ -119,7 +119,8 @@ class TrialBoard(Vertical):
     def show(self, snapshot: Snapshot | None, target: int | None, current: Path | None, overlay: Path | None, min_complete: int) -> None:
         table = self.query_one(DataTable)
         rows = snapshot.rows if snapshot else []
-        selected = self.rows[table.cursor_row].number if self.rows and 0 <= table.cursor_row < len(self.rows) else None
+        # The row the user is on stays under the cursor as rows move; unfocused, the cursor stays on the best.
+        selected = self.rows[table.cursor_row].number if table.has_focus and self.rows and 0 <= table.cursor_row < len(self.rows) else None
         self.snapshot = snapshot
         table.clear()
         best = snapshot.best if snapshot else None
