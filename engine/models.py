@@ -48,6 +48,14 @@ def resolve(model: str) -> Path:
     return _from_hub(model)
 
 
+def offline_message(repo_id: str) -> str:
+    # `hf` is huggingface_hub's CLI (installed with it); the old `huggingface-cli` is gone since huggingface_hub 1.0.
+    return (
+        f"model '{repo_id}': not found locally, and the hub is unreachable. "
+        f"Download it once while online (hf download {repo_id}), or point 'model' at a local directory."
+    )
+
+
 def _from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -58,10 +66,7 @@ def _from_hub(repo_id: str) -> Path:
     except Exception:  # not in the local cache, or only partly there
         pass
     if not _hub_reachable():
-        raise ModelError(
-            f"model '{repo_id}': not found locally, and the hub is unreachable. "
-            "Download it once while online (huggingface-cli download REPO), or point 'model' at a local directory."
-        )
+        raise ModelError(offline_message(repo_id))
     try:
         return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS))
     except Exception as e:  # RepositoryNotFoundError, GatedRepoError, network drops
@@ -83,7 +88,7 @@ def describe(model: str) -> tuple[dict, int]:
     if (known := known_models.describe(model)) is not None:
         return known
     if not _hub_reachable():
-        raise ModelError(f"model '{model}': not found locally, and the hub is unreachable")
+        raise ModelError(offline_message(model))
     from huggingface_hub import HfApi, hf_hub_download
 
     try:

@@ -66,7 +66,7 @@ def render(family: str, quantized: bool) -> str:
     model = four_bit if quantized else bf16
     text = TEMPLATE.format(
         name=name, kind="QLoRA on the 4-bit MLX conversion" if quantized else "LoRA on the bf16 weights",
-        memory="{memory}", model=model, gated="     # gated: accept the licence on the hub, then `huggingface-cli login`" if model in GATED else "",
+        memory="{memory}", model=model, gated="     # gated: accept the licence on the hub, then `hf auth login`" if model in GATED else "",
         lr=lr, ckpt=str(ckpt).lower(), batch=2 if family in HALF_BATCH else 4,
         accumulation="\n  grad_accumulation: 2     # two batches of 2 per step: an effective batch of 4" if family in HALF_BATCH else "", ckpt_note="    # recompute activations: slower, much less memory" if ckpt else "",
     )

@@ -63,8 +63,19 @@ def test_offline_hub_id_fails_fast_with_a_clear_message(tmp_path):
     result = lora_mlx("train", preset, "--run-dir", tmp_path / "run", env_extra={"HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 2
     assert "not found locally, and the hub is unreachable" in result.stdout + result.stderr
+    # the fix names a command that exists: huggingface_hub >= 1.0 ships `hf`, not `huggingface-cli`
+    assert "hf download mlx-community/Qwen2.5-0.5B-Instruct-4bit" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
+
+
+def test_offline_estimate_of_an_unknown_hub_id_says_how_to_get_it(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"model: someone/not-a-known-model\ndata: {config.REPO_ROOT / 'presets/data/demo'}\n")
+    result = lora_mlx("estimate", preset, env_extra={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert "model 'someone/not-a-known-model': not found locally, and the hub is unreachable" in result.stderr
+    assert "hf download someone/not-a-known-model" in result.stderr
 
 
 def test_missing_local_model_dir(tmp_path):
