@@ -191,8 +191,13 @@ def list_runs(root: Path | None) -> int:
         print(f"{str(r.run_dir):<40} {r.status:<9} {step:>11} {best:>9}  {r.updated_at or '-'}")
         if r.diagnosis:
             print(f"{'':<40} {r.diagnosis}")
+        if r.status == "failed" and r.error:
+            print(f"{'':<40} {r.error.splitlines()[0]}")
         if r.status in ("died", "stopped", "failed"):
-            print(f"{'':<40} continue with: lora-mlx resume {r.run_dir}")
+            if r.last_checkpoint:
+                print(f"{'':<40} continue with: lora-mlx resume {r.run_dir}")
+            else:  # it failed before its first checkpoint: resume would refuse
+                print(f"{'':<40} no checkpoint, nothing to resume: start a new run with lora-mlx train")
     return EXIT_OK
 
 

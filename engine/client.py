@@ -128,6 +128,8 @@ class RunInfo:
     best_val_loss: float | None
     updated_at: str | None
     diagnosis: str | None = None  # for a run that died: what probably happened and what to do
+    last_checkpoint: str | None = None  # None: nothing to resume from
+    error: str | None = None  # why a failed run failed
 
 
 def run_status(run_dir: Path) -> RunInfo:
@@ -140,7 +142,7 @@ def run_status(run_dir: Path) -> RunInfo:
         diagnosis = diagnose({**record, "run_dir": str(run_dir)}, record.get("exit_code"))
     return RunInfo(
         Path(run_dir), status, record.get("step"), record.get("total_steps"), record.get("best_val_loss"),
-        record.get("updated_at"), diagnosis,
+        record.get("updated_at"), diagnosis, record.get("last_checkpoint"), record.get("error"),
     )
 
 

@@ -110,6 +110,26 @@ def test_ctrl_c_stops_with_a_checkpoint(tmp_path):
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
 
 
+def test_runs_offers_resume_only_with_a_checkpoint(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model: builtin:tiny\ndata: data\n")
+    assert lora_mlx("train", preset, "--run-dir", tmp_path / "runs" / "bad").returncode == 2
+    assert lora_mlx("train", "demo", "--set", "train.iters=4", "--set", "train.steps_per_eval=2", "--stop-at", "2",
+                    "--run-dir", tmp_path / "runs" / "stopped").returncode == 0
+    result = lora_mlx("runs", "--root", tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    blocks = {}  # run name -> its line and the indented lines under it
+    for line in result.stdout.splitlines()[1:]:
+        if not line.startswith(" "):
+            name = Path(line.split()[0]).name
+        blocks[name] = blocks.get(name, "") + line + "\n"
+    bad, stopped = blocks["bad"], blocks["stopped"]
+    assert "problem in the data" in bad and "nothing to resume" in bad and "lora-mlx resume" not in bad
+    assert f"continue with: lora-mlx resume {tmp_path / 'runs' / 'stopped'}" in stopped
+
+
 def test_runs_with_no_runs(tmp_path):
     result = lora_mlx("runs", "--root", tmp_path)
     assert result.returncode == 0 and "no runs under" in result.stdout
