@@ -305,6 +305,8 @@ def print_estimate(cfg) -> int:
     budget, source = memory.backend_memory()
     if cfg.memory.limit_gb:
         budget, source = int(cfg.memory.limit_gb * 1e9), "memory.limit_gb"
+    else:  # the limit a run gets (engine.memory.apply_limits), so the verdict is the one `train` and the dashboard give
+        budget, source = int(budget * memory.DEFAULT_LIMIT_FRACTION), f"{memory.DEFAULT_LIMIT_FRACTION:.0%} of {source}"
     guess = estimate.preflight(cfg, *models.describe(cfg.model), budget, source)
     print("\n".join(guess.lines()))
     return EXIT_OK if guess.verdict == "fits" else EXIT_FAILED

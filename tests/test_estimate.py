@@ -84,3 +84,17 @@ def test_estimate_command(tmp_path):
     assert result.returncode == 1
     assert "of 1.0 GB (memory.limit_gb): will not fit" in result.stdout
     assert "train.grad_checkpoint=true saves about" in result.stdout
+
+
+def test_estimate_command_judges_against_the_limit_a_run_gets():
+    import subprocess, sys
+
+    from engine import memory
+
+    total, source = memory.backend_memory()
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "estimate", "demo"], capture_output=True, text=True, cwd=config.REPO_ROOT, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    # the same budget as `lora-mlx train` (memory.limit_gb 0: 90% of the backend's memory) and the dashboard
+    assert f"of {total * 0.9 / 1e9:.1f} GB (90% of {source}): fits" in result.stdout
