@@ -5,6 +5,7 @@ The study itself is engine/tune.py; reading one (leaderboard, promote) is engine
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -78,9 +79,23 @@ def _tune(args) -> int:
     check_plan(cfg, space, s)  # refusals before any signal handler or model
     control = StudyControl()
     _install_stop_handlers(control)
-    result = run_study(cfg, space, s, StudyPrinter(), control, preset={"path": str(path), "keys": keys})
+    options = (f" --root {shlex.quote(str(args.root))}" if args.root else "") + (f" --storage {shlex.quote(_without_password(args.storage))}" if args.storage else "")
+    result = run_study(cfg, space, s, StudyPrinter(options), control, preset={"path": str(path), "keys": keys})
     nothing_learned = result.reason == "done" and not (result.complete or result.pruned)
     return EXIT_FAILED if result.reason == "failing" or nothing_learned else EXIT_OK
+
+
+def _without_password(url: str) -> str:
+    """A storage URL to print in a command: its password left out (it belongs in ~/.pgpass or PGPASSWORD)."""
+    from sqlalchemy.engine import URL, make_url
+
+    from engine.trials import hide_password
+
+    try:
+        u = make_url(url)
+        return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query).render_as_string(hide_password=False)
+    except Exception:
+        return hide_password(url)
 
 
 def _install_stop_handlers(control: StudyControl) -> None:
@@ -99,6 +114,9 @@ def _install_stop_handlers(control: StudyControl) -> None:
 
 class StudyPrinter:
     """A study's events as lines on stdout: trials, their evaluations, warnings, the summary."""
+
+    def __init__(self, trials_options: str = ""):
+        self.trials_options = trials_options  # what `lora-mlx trials` needs to find this study (--root, --storage)
 
     def __call__(self, e: P.Event) -> None:
         line = self.format(e)
@@ -135,7 +153,7 @@ class StudyPrinter:
                 text += "\ncontinue it with the same command"
             if e.best_number is not None:
                 text += f"\nbest: trial {e.best_number}, val_loss {e.best_value:.4f}: {format_params(e.best_params)}\nadapters: {e.best_adapter_path}"
-            return text + f"\nleaderboard: lora-mlx trials {e.study}"
+            return text + f"\nleaderboard: lora-mlx trials {e.study}{self.trials_options}"
         return None
 
 

@@ -433,3 +433,14 @@ def test_a_study_process_that_cannot_start_says_why_and_ends(tmp_path):
     failed = [e for e in seen if isinstance(e, P.RunFailed)]
     assert len(failed) == 1 and "was started with train.iters=30" in failed[0].reason
     assert "error: study 'p' was started with train.iters=30" in (s.study_dir / "engine.log").read_text()
+
+
+def test_the_summary_names_the_trials_command_that_finds_the_study():
+    from engine.protocol import StudyFinished
+
+    done = StudyFinished("lr-sweep", 2, 0, 0, 0, 1, 0.5, {"lora.rank": 8}, "/a/1", "done")
+    assert tune_cli.StudyPrinter().format(done).endswith("\nleaderboard: lora-mlx trials lr-sweep")
+    # a study outside ./studies, or in a database, is found only with the same --root / --storage; never print a password
+    assert tune_cli.StudyPrinter(" --root /tmp/s").format(done).endswith("leaderboard: lora-mlx trials lr-sweep --root /tmp/s")
+    assert tune_cli._without_password("postgresql://tuner:SECRET@dbhost:5432/studies") == "postgresql://tuner@dbhost:5432/studies"
+    assert tune_cli._without_password("sqlite:////tmp/s/study.db") == "sqlite:////tmp/s/study.db"
