@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -240,6 +241,7 @@ def format_leaderboard(rows: list[TrialRow], importance: dict | None) -> list[st
     """The `lora-mlx trials` table: one line a trial, best first, with where its best adapters are."""
     lines = [f"{'#':>4}  {'STATE':<8} {'VAL LOSS':>8} {'AT STEP':>7} {'PRUNED@':>7} {'TIME':>7}  PARAMS / BEST ADAPTERS"]
     indent = " " * (len(lines[0]) - len("PARAMS / BEST ADAPTERS"))
+    here = socket.gethostname()
     for r in rows:
         value = f"{r.value:.4f}" if r.value is not None else "-"
         took = f"{r.duration_s:.0f} s" if r.duration_s is not None else "-"
@@ -248,8 +250,8 @@ def format_leaderboard(rows: list[TrialRow], importance: dict | None) -> list[st
         lines.append(f"{r.number:>4}  {r.state:<8} {value:>8} {step:>7} {pruned:>7} {took:>7}  {format_params(r.params)}")
         if r.state == "failed":
             lines.append(indent + str(r.reason))
-        elif r.adapter_path:
-            lines.append(indent + r.adapter_path)
+        elif r.adapter_path:  # a trial run by a worker on another machine has its files there
+            lines.append(indent + r.adapter_path + (f"  (on {r.host})" if r.host and r.host != here else ""))
     if importance:
         lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in importance.items()))
     return lines

@@ -444,3 +444,17 @@ def test_the_summary_names_the_trials_command_that_finds_the_study():
     assert tune_cli.StudyPrinter(" --root /tmp/s").format(done).endswith("leaderboard: lora-mlx trials lr-sweep --root /tmp/s")
     assert tune_cli._without_password("postgresql://tuner:SECRET@dbhost:5432/studies") == "postgresql://tuner@dbhost:5432/studies"
     assert tune_cli._without_password("sqlite:////tmp/s/study.db") == "sqlite:////tmp/s/study.db"
+
+
+def test_the_leaderboard_says_which_host_holds_a_trial_of_another_machine(tmp_path, capsys):
+    import socket
+
+    study_dir, study = synthetic_study(tmp_path, complete=2)
+    dists = study.trials[0].distributions
+    for n, host in ((2, "worker-b"), (3, socket.gethostname())):
+        study.add_trial(optuna.create_trial(params={"train.learning_rate": 1e-3, "lora.rank": 4}, distributions=dists, value=0.01 * n,
+                                            user_attrs={"best_step": 20, "adapter_path": f"/a/{n}", "host": host}))
+    assert run_cli("trials", study_dir) == 0
+    out = capsys.readouterr().out
+    assert "/a/2  (on worker-b)\n" in out
+    assert "/a/3\n" in out and "/a/0\n" in out  # this machine's trials (and those with no host recorded) need no name
