@@ -88,11 +88,52 @@ async def session(runs: Path) -> None:
         await wait(pilot, lambda: view().state == "finished")
 
 
+async def study_session(runs: Path) -> None:
+    """t on the demo preset: the study dialog, then the trials filling the leaderboard."""
+    from engine import config
+    from tui.app import LoraApp
+    from tui.dialogs.study import StudyDialog
+    from tui.widgets.config_form import editor_id
+    from tui.widgets.loss_chart import LossChart
+
+    app = LoraApp(preset_path=config.resolve_preset("demo"), engine_command=FAKE_ENGINE, runs_root=runs)
+    os.environ["FAKE_ENGINE_STEP_S"] = "0.004"
+    os.environ["FAKE_ENGINE_PRUNER_STARTUP"] = "2"
+    async with app.run_test(size=(100, 32)) as pilot:
+        for key, value in {"train.iters": "300", "train.steps_per_eval": "30"}.items():
+            app.main.query_one(f"#{editor_id(key)}").value = value
+        await pilot.pause()
+        await pilot.press("escape", "t")
+        await wait(pilot, lambda: isinstance(app.screen, StudyDialog))
+        app.screen.query_one("#study-trials").value = "40"
+        await pilot.pause(0.5)
+        app.save_screenshot("study-dialog.svg", str(IMAGES))
+        print("wrote docs/images/study-dialog.svg")
+        await pilot.press("enter")
+        await wait(pilot, lambda: app.main.study is not None and app.main.study.done >= 9, timeout_s=120)
+        await wait(pilot, lambda: app.main.view.step >= 150)
+        await pilot.press("4")
+        await pilot.pause(1.5)  # the trials are read every second
+        app.save_screenshot("trials.svg", str(IMAGES))
+        print("wrote docs/images/trials.svg")
+        await pilot.resize_terminal(120, 40)
+        await pilot.press("2")
+        await pilot.pause(1.0)
+        chart = app.main.query_one(LossChart)
+        await wait(pilot, lambda: not chart.redraw_pending and not app.main.draw_pending)
+        app.save_screenshot("study.svg", str(IMAGES))
+        print("wrote docs/images/study.svg")
+        await pilot.press("x")
+        await wait(pilot, lambda: not app.main.busy)
+
+
 def main() -> int:
     IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lora-mlx-docs-") as tmp:
         os.environ["LORA_MLX_PRESETS"] = str(Path(tmp) / "presets")
+        os.environ["LORA_MLX_STUDIES"] = str(Path(tmp) / "studies")
         asyncio.run(session(Path(tmp) / "runs"))
+        asyncio.run(study_session(Path(tmp) / "runs"))
     return 0
 
 

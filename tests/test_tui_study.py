@@ -116,7 +116,7 @@ async def test_quitting_stops_the_study_and_t_later_continues_it(fake_env, monke
         await until(pilot, lambda: app.main.study is not None and app.main.study.done >= 2, timeout_s=60, what="two trials done")
         await pilot.press("q")
         await until(pilot, lambda: isinstance(app.screen, QuitDialog), what="the quit question")
-        await shows(pilot, app.screen, "study demo is still running", "the study stops; t continues")
+        await shows(pilot, app.screen, "study demo is still running", "the study stops; t continues it")
         await pilot.press("s")
         await until(pilot, lambda: app._exit, timeout_s=30, what="exit after the study stopped")
     assert app.return_code == 0
@@ -130,8 +130,12 @@ async def test_quitting_stops_the_study_and_t_later_continues_it(fake_env, monke
     async with again.run_test(size=(120, 40)) as pilot:
         board = again.main.query_one(TrialBoard)
         await until(pilot, lambda: len(board.rows) > done_before, what="the study's trials shown on opening")  # before any key
+        assert again.main.query_one(Boards).current == "trial-board"  # the study is newer than any run
         short_trials(again)
-        dialog = await open_study_dialog(pilot, trials="5", pruner="none")
+        await pilot.press("escape", "t")
+        await until(pilot, lambda: isinstance(again.screen, StudyDialog), what="the study dialog")
+        dialog = again.screen
+        assert dialog.query_one("#study-trials").value == "5" and dialog.query_one("#study-pruner").value == "none"  # as last time
         await shows(pilot, dialog, "Continues the study in", f"{done_before} complete")
         await pilot.press("enter")
         await until(pilot, lambda: again.main.study is not None and again.main.study.state == "finished", timeout_s=60, what="the continued study")
@@ -203,3 +207,18 @@ async def test_t_refuses_while_a_run_is_active_and_names_a_bad_search_section(fa
         await told(pilot, "A run or study is active: stop it with x first (or detach with q).")
         assert not isinstance(app.screen, StudyDialog)
         await pilot.press("x")
+
+
+@pilot_test
+async def test_attaching_to_a_study_run_by_lora_mlx_tune_shows_its_stored_trials(fake_env):
+    from tui_support import write_study
+
+    study_dir = write_study(fake_env.parent / "studies")  # as `lora-mlx tune` leaves it: no run.json, no socket
+    app = make_app(fake_env, attach=study_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.main.study is not None and app.main.study.state == "watching", what="watching the study")
+        board = app.main.query_one(TrialBoard)
+        await until(pilot, lambda: len(board.rows) == 4, what="its trials")
+        assert [r.number for r in board.rows] == [1, 0, 2, 3] and app.main.query_one(Boards).current == "trial-board"
+        await shows(pilot, app.main.query_one(StatusBar), "STUDY WATCHING", "its trials as stored (lora-mlx tune runs it)")
+        assert not app.main.busy  # nothing here to stop or pause

@@ -88,6 +88,7 @@ class RunView:
     sample: P.SampleGenerated | None = None  # the model's latest answer to train.sample_prompt
     failure: list[str] = field(default_factory=list)
     stopped_early: bool = False
+    in_study: bool = False  # a study's trial: a stopped trial is run again by the study, not resumed by hand
     _rate_ref: tuple[int, float] | None = None
     _seconds_per_step: float | None = None
 
@@ -196,7 +197,7 @@ class RunView:
     def _finished(self, e: P.RunFinished) -> Update:
         self.state, self.eta_s, self.step = "finished", None, e.step
         self.best_val_loss = e.best_val_loss if e.best_val_loss is not None else self.best_val_loss
-        if e.stopped_early:
+        if e.stopped_early and not self.in_study:
             self.detail = f"stopped at step {e.step}; continue with: lora-mlx resume {self.run_dir}"
         else:
             self.detail = f"adapters in {self._short(e.adapter_path)}"
@@ -204,7 +205,7 @@ class RunView:
         verb = "stopped" if e.stopped_early else "finished"
         best = f", best val_loss {e.best_val_loss:.4f}" if e.best_val_loss is not None else ""
         lines = [f"{verb} at step {e.step}{best}"]
-        if e.stopped_early:
+        if e.stopped_early and not self.in_study:
             lines.append(f"continue with: lora-mlx resume {self.run_dir}")
         return Update(state=True, progress=True, log_lines=lines)
 
@@ -223,6 +224,8 @@ class RunView:
         return Update(state=True, progress=True, log_lines=[f"engine gone: {describe_exit(e.exit_code)}"])
 
     def _resume_hint(self) -> list[str]:
+        if self.in_study:
+            return ["The study goes on with its next trial; t continues a study that stopped."]
         if not self.last_checkpoint:
             return ["No checkpoint was saved."]
         return [f"Last checkpoint: {self._short(self.last_checkpoint)}", f"Continue with: lora-mlx resume {self.run_dir}"]
@@ -272,7 +275,7 @@ class StudyView:
 
     study_dir: str
     name: str = ""
-    state: str = "starting"  # starting, running, stopping, finished, stopped, failed
+    state: str = "starting"  # starting, running, stopping, finished, stopped, failed; watching (run by lora-mlx tune)
     target: int = 0
     done: int = 0
     trial: int | None = None  # the trial running now
@@ -337,7 +340,7 @@ def fold(view: RunView, study: StudyView | None, events: list[P.Event]) -> tuple
         study = study or StudyView(view.run_dir)  # attached to a directory not known to be a study
         update.log_lines += study.apply(event)
         if isinstance(event, P.TrialStarted):
-            view = RunView(state="starting", run_dir=event.run_dir, detail=f"trial {event.number} of study {study.name}", memory=view.memory)
+            view = RunView(state="starting", run_dir=event.run_dir, detail=f"trial {event.number} of study {study.name}", memory=view.memory, in_study=True)
             update.merge(Update(progress=True, chart=True))
         elif isinstance(event, P.TrialFinished) and view.state == "finished":  # the trial's run said "stopped": say why
             view.stopped_early = False

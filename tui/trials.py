@@ -27,6 +27,7 @@ class Snapshot:
     importance: dict[str, float] | None = None
     error: str = ""  # why the study could not be read
     alive: bool = False  # a study process on this machine is running it
+    updated_s: float = 0.0  # when the study last changed (its database's or story's mtime)
 
     @property
     def best(self) -> TrialRow | None:
@@ -34,6 +35,10 @@ class Snapshot:
 
     def count(self, state: str) -> int:
         return sum(r.state == state for r in self.rows)
+
+
+def _mtime(study_dir: Path) -> float:
+    return max((p.stat().st_mtime for p in (study_dir / "study.db", study_dir / "metrics.jsonl") if p.exists()), default=0.0)
 
 
 def study_dir_for(name: str, root: Path | None = None) -> Path:
@@ -65,7 +70,7 @@ class TrialsReader:
                 complete = sum(r.state == "complete" for r in rows)
                 if complete != self._importance[0]:
                     self._importance = (complete, trials.importances(self._study))
-                return Snapshot(study_dir, rows, self._importance[1], alive=alive)
+                return Snapshot(study_dir, rows, self._importance[1], alive=alive, updated_s=_mtime(study_dir))
             except ConfigError as e:
                 self._study = None
                 return Snapshot(study_dir, error=str(e), alive=alive)

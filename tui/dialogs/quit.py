@@ -25,8 +25,9 @@ class QuitDialog(ModalScreen[str | None]):
     )
 
     STUDY_TEXT = (
-        "Stop and save: the trial saves a checkpoint and the study stops; t continues it later\n"
-        "(the stopped trial runs again). Detach: it keeps running; lora-mlx attach shows it again."
+        "Stop and save: the trial saves a checkpoint, the study stops; t continues it\n"
+        "later (the stopped trial runs again first).\n"
+        "Detach: it keeps running; lora-mlx attach shows it again."
     )
 
     def __init__(self, title: str, text: str = RUN_TEXT) -> None:

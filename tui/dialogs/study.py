@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from engine import config as C, search
-from engine.tune import PRUNERS, SAMPLERS, StudySettings, check_plan
+from engine.tune import PLAN_FILE, PRUNERS, SAMPLERS, StudySettings, check_plan
 from tui.trials import Snapshot, TrialsReader
 
 DEFAULT_TRIALS = 20
@@ -136,5 +137,11 @@ class StudyDialog(ModalScreen[StudySettings | None]):
 
 
 def settings_for(name: str, root: Path) -> StudySettings:
-    """A dashboard study's settings before the dialog: the CLI's defaults, plus a re-run of stopped trials."""
-    return StudySettings(name=name, trials=DEFAULT_TRIALS, retry_failed=UI_RETRY, root=root)
+    """A dashboard study's settings before the dialog: those it ran with last time (trials, sampler,
+    pruner), else the CLI's defaults; stopped trials are re-run."""
+    settings = StudySettings(name=name, trials=DEFAULT_TRIALS, retry_failed=UI_RETRY, root=root)
+    try:
+        before = json.loads((settings.study_dir / PLAN_FILE).read_text())["settings"]
+        return replace(settings, trials=int(before["trials"]), sampler=before["sampler"], pruner=before["pruner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return settings

@@ -372,9 +372,13 @@ class MainScreen(Screen):
         if str(message.run_dir) in (self.view.run_dir, self.study.study_dir if self.study else None):
             self.commands = None
         if self.study is not None and self.study.active and str(message.run_dir) == self.study.study_dir:
-            self.study.state, self.study.detail = "stopped", "no study process runs; t continues it"
-            self.query_one(Boards).study_live = False
-            self._show(Update(state=True))
+            external = "pid" not in engine_client.read_record(Path(self.study.study_dir))  # lora-mlx tune workers keep no run.json
+            self.study.state = "watching" if external else "stopped"
+            self.study.detail = "its trials as stored (lora-mlx tune runs it)" if external else "no study process runs; t continues it"
+            self.query_one(Boards).study_live = external
+            if self.view.state == "starting":  # it was connecting: there is no trial to show
+                self.view = RunView()
+            self._show(Update(state=True, progress=True, chart=True))
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -399,7 +403,7 @@ class MainScreen(Screen):
     def _show(self, update: Update) -> None:
         """Hand the parts of the view that changed to the widgets."""
         training = self.query_one(TrainingPane)
-        hint = f"No run yet: s trains preset '{self.preset_name}', t tunes it (a study); settings: key 1."
+        hint = f"No run yet: s trains '{self.preset_name}', t tunes it; settings: key 1."
         if update.state or update.progress:
             self.query_one(StatusBar).show(self.view, self.preset_name, self.study)
             training.show_progress(self.view, hint)

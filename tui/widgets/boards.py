@@ -34,9 +34,9 @@ class Boards(ContentSwitcher):
             self.rows = rows
 
     class _TrialsRead(Message):
-        def __init__(self, snapshot: Snapshot, seq: int) -> None:
+        def __init__(self, snapshot: Snapshot, seq: int, newest_run_s: float) -> None:
             super().__init__()
-            self.snapshot, self.seq = snapshot, seq
+            self.snapshot, self.seq, self.newest_run_s = snapshot, seq, newest_run_s
 
     class _CurvesRead(Message):
         def __init__(self, run_dir: Path, train: Series, val: Series) -> None:
@@ -124,7 +124,11 @@ class Boards(ContentSwitcher):
 
     @work(thread=True, group="trials", description="read a study's trials")
     def _read_trials(self, study_dir: Path, seq: int) -> None:
-        self.post_message(self._TrialsRead(self._reader.read(study_dir), seq))
+        snapshot = self._reader.read(study_dir)
+        newest_run_s = 0.0
+        if self.snapshot is None and self.runs_root.is_dir():  # the first read decides which board opens
+            newest_run_s = max((p.stat().st_mtime for p in self.runs_root.glob("*/run.json")), default=0.0)
+        self.post_message(self._TrialsRead(snapshot, seq, newest_run_s))
 
     @on(_RunsRead)
     def _runs_read(self, message: _RunsRead) -> None:
@@ -134,9 +138,21 @@ class Boards(ContentSwitcher):
     @on(_TrialsRead)
     def _trials_read(self, message: _TrialsRead) -> None:
         if message.snapshot.study_dir == self.study_dir and message.seq > self._trials_applied:
+            first = self.snapshot is None
             self._trials_applied = message.seq
             self.snapshot = message.snapshot
             self._draw_trials()
+            if first and message.snapshot.rows:
+                self._hint_study()
+                if self.current != "trial-board" and message.snapshot.updated_s > message.newest_run_s:
+                    self.current = "trial-board"  # the study is what was done last here: show it
+                    self._title()
+
+    def _hint_study(self) -> None:
+        board = self.query_one(Leaderboard)
+        board.study_hint = f"l: the trials of study {self.study_dir.name}" if self.snapshot and self.snapshot.rows else ""
+        self._runs_shown = None
+        self._draw_runs()
 
     def _draw_runs(self) -> None:
         shown = (self.run_rows, self.current_run, self.overlay)

@@ -36,6 +36,7 @@ class Leaderboard(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.rows: list[RunRow] = []
+        self.study_hint = ""  # "l: the trials of study demo" when the preset has one
 
     def compose(self) -> ComposeResult:
         yield Static(HINT, id="runs-hint")
@@ -62,7 +63,8 @@ class Leaderboard(Vertical):
                 clock(row.duration_s) if row.duration_s is not None else "-",
                 key=str(row.run_dir),
             )
-        self.query_one("#runs-hint", Static).update(HINT if rows else EMPTY_HINT)
+        hint = HINT if rows else EMPTY_HINT
+        self.query_one("#runs-hint", Static).update(f"{hint} {self.study_hint}".strip())
         if selected is not None:
             for index, row in enumerate(rows):
                 if row.run_dir == selected:

@@ -9,7 +9,7 @@ from tui.state import RunView, StudyView, clock
 from tui.widgets.training import STATE_STYLES
 
 STUDY_STYLES = {"starting": "bold cyan", "running": "bold magenta", "stopping": "bold yellow", "finished": "bold blue",
-                "stopped": "bold cyan", "failed": "bold red"}
+                "stopped": "bold cyan", "failed": "bold red", "watching": "bold cyan"}
 
 
 def study_text(study: StudyView) -> Text:
