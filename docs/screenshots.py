@@ -4,7 +4,7 @@
 
 Drives the dashboard headless against the fake engine (tests/fake_engine.py:
 the real protocol and run files, scripted numbers, no mlx), so it takes
-seconds and needs no model. Runs go to a temporary folder.
+about a minute and needs no model. Runs go to a temporary folder.
 """
 
 from __future__ import annotations

@@ -133,3 +133,16 @@ def test_runs_offers_resume_only_with_a_checkpoint(tmp_path):
 def test_runs_with_no_runs(tmp_path):
     result = lora_mlx("runs", "--root", tmp_path)
     assert result.returncode == 0 and "no runs under" in result.stdout
+
+
+def test_a_closed_pipe_ends_a_listing_quietly(tmp_path):
+    """`lora-mlx runs | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    for n in range(1500):  # more than a pipe holds (64 KiB), so printing outlives the reader
+        (tmp_path / f"run-{n:04d}").mkdir()
+        (tmp_path / f"run-{n:04d}" / "run.json").write_text('{"status": "finished"}')
+    shell = f"{sys.executable} -m engine.cli runs --root {tmp_path} | head -1"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("RUN ") and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
