@@ -29,6 +29,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
+from engine.checkpoint import fsync_path
+
 # Bits and group sizes each mode accepts (mx.quantize in mlx 0.32; affine also takes 1 bit, useless to train on).
 SUPPORTED = {
     "affine": ((2, 3, 4, 5, 6, 8), (32, 64, 128)),
@@ -242,12 +244,15 @@ def prepare_base(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         save_quantized(model, report, model_dir, tmp)
+        for path in [*sorted(p for p in tmp.rglob("*") if p.is_file()), tmp]:  # on disk before it is published
+            fsync_path(path)
         try:
             os.rename(tmp, final)
         except OSError:  # another process published it first, or a broken leftover is in the way
             if not (final / REPORT_FILE).exists():
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
+        fsync_path(final.parent)  # the rename itself survives a power cut
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     del model
