@@ -82,7 +82,7 @@ def test_two_workers_share_one_study_and_no_trial_runs_twice(tmp_path, postgres_
     roots = [tmp_path / "machine-a", tmp_path / "machine-b"]  # each worker keeps its trials' run dirs locally
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "engine.tune", "tune", str(preset), "--storage", postgres_url, "--study", "shared",
+            [sys.executable, "-m", "engine.tune_cli", "tune", str(preset), "--storage", postgres_url, "--study", "shared",
              "--trials", "6", "--sampler", "random", "--pruner", "none", "--root", str(root)],
             stdout=open(tmp_path / f"{i}.log", "w"), stderr=subprocess.STDOUT, cwd=config.REPO_ROOT,
         )
@@ -102,6 +102,6 @@ def test_two_workers_share_one_study_and_no_trial_runs_twice(tmp_path, postgres_
     assert len(ran_by) == 2, ran_by  # both workers took trials
     assert len(rows) <= 7  # at most one trial past the target: two workers may both start the last one
 
-    shown = subprocess.run([sys.executable, "-m", "engine.tune", "trials", "shared", "--storage", postgres_url],
+    shown = subprocess.run([sys.executable, "-m", "engine.tune_cli", "trials", "shared", "--storage", postgres_url],
                            capture_output=True, text=True, cwd=config.REPO_ROOT, timeout=60)
     assert shown.returncode == 0 and "best: trial" in shown.stdout and "***" not in postgres_url
