@@ -186,7 +186,7 @@ def tune(study_dir: Path) -> int:
     FAKE_ENGINE_PRUNER_STARTUP overrides the plan's median-pruner startup (so a short test prunes)."""
     import optuna
 
-    from engine import trials as trial_store, tune as real_tune
+    from engine import study_plan, trials as trial_store, tune as real_tune
     from engine.host import STUDY_EVENTS
 
     control = real_tune.StudyControl()
@@ -194,7 +194,7 @@ def tune(study_dir: Path) -> int:
     record = RunRecord(study_dir)
     record.update(kind="study", pid=os.getpid(), socket=server.address, status="starting", exit_code=None)
     signal.signal(signal.SIGTERM, lambda *_: control.stop())
-    cfg, space, s, preset = real_tune.read_plan(study_dir)
+    cfg, space, s, preset = study_plan.read_plan(study_dir)
     log = metrics.MetricsLog(study_dir)
     story: list[P.Event] = []
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-ENGINE_MODULES = ["engine.config", "engine.protocol", "engine.checkpoint", "engine.trainer", "engine.run", "engine.cli", "engine.data", "engine.batches", "engine.models", "engine.quant", "engine.use", "engine.estimate", "engine.memory", "engine.tune", "engine.tune_cli", "engine.trials", "engine.search", "engine.host", "engine.client", "engine.server", "engine.metrics", "engine.control"]
+ENGINE_MODULES = ["engine.config", "engine.protocol", "engine.checkpoint", "engine.trainer", "engine.run", "engine.cli", "engine.data", "engine.batches", "engine.models", "engine.quant", "engine.use", "engine.estimate", "engine.memory", "engine.tune", "engine.tune_cli", "engine.study_plan", "engine.trials", "engine.search", "engine.host", "engine.client", "engine.server", "engine.metrics", "engine.control"]
 
 
 @pytest.mark.parametrize("module", ENGINE_MODULES)

@@ -355,7 +355,7 @@ def test_tune_config_errors_exit_2_with_file_and_line(tmp_path, capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # refused before any handler was installed
 
 
-@pytest.mark.parametrize("module", ["engine.tune", "engine.tune_cli", "engine.trials", "engine.search"])
+@pytest.mark.parametrize("module", ["engine.tune", "engine.tune_cli", "engine.study_plan", "engine.trials", "engine.search"])
 def test_study_modules_import_neither_mlx_nor_the_ui(module):
     code = f"import sys, {module}; bad = [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'textual', 'rich')]; print(bad); sys.exit(1 if bad else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

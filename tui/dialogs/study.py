@@ -16,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from engine import config as C, search
-from engine.tune import PLAN_FILE, PRUNERS, SAMPLERS, StudySettings, check_plan
+from engine.study_plan import PLAN_FILE, PRUNERS, SAMPLERS, StudySettings, check_plan
 from tui.trials import Snapshot, TrialsReader
 
 DEFAULT_TRIALS = 20

@@ -20,7 +20,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Tab, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from engine import client as engine_client, config as C, protocol as P, tune
+from engine import client as engine_client, config as C, protocol as P, study_plan
 from tui import runs, trials
 from tui.bridge import AttachJob, StartJob, StudyJob, run_bridge
 from tui.layout import MEDIUM_WIDTH, WIDE_WIDTH, visible_panes
@@ -141,11 +141,11 @@ class MainScreen(Screen):
             self._attach_run(settings.study_dir)
             return
 
-        def chosen(result: tune.StudySettings | None) -> None:
+        def chosen(result: study_plan.StudySettings | None) -> None:
             if result is None:
                 return
             try:
-                tune.write_plan(cfg, space, result, preset)
+                study_plan.write_plan(cfg, space, result, preset)
             except OSError as e:
                 self.notify(f"Cannot write the study plan in {result.study_dir}: {e}", severity="error", timeout=10, markup=False)
                 return
