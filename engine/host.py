@@ -109,12 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code
 
 
-STUDY_EVENTS = (P.StudyStarted, P.TrialStarted, P.TrialFinished, P.StudyFinished)
-
-
 def tune_main(study_dir: Path) -> int:
     """Host a study: trials one after another on this machine, until it is done or told to stop."""
     from engine import metrics
+    from engine.client import Story
     from engine.run import RunRecord
     from engine.server import EventServer
     from engine.tune import StudyControl, read_plan
@@ -127,20 +125,17 @@ def tune_main(study_dir: Path) -> int:
     log = metrics.MetricsLog(study_dir)  # run_study records the study's events; a failure outside it is recorded here
     printer = StudyPrinter()
     story: list[P.Event] = []  # the study's own events, and messages and a failure outside any trial
-    in_trial = False
+    where = Story()  # knows whether a trial is running
     signal.signal(signal.SIGTERM, lambda *_: control.stop())
 
     def emit(event: P.Event) -> None:
-        nonlocal in_trial
+        where.see(event)
         if isinstance(event, P.TrialStarted):
             server.reset_history(story)  # a UI attaching now needs the study so far, then this trial
             record.update(status="running", trial=event.number, trial_dir=event.run_dir)
-            in_trial = True
-        elif isinstance(event, P.TrialFinished):
-            in_trial = False
         elif isinstance(event, (P.Paused, P.Resumed)):
             record.update(status="paused" if isinstance(event, P.Paused) else "running")
-        if isinstance(event, STUDY_EVENTS) or (isinstance(event, (P.RunFailed, P.LogMessage)) and not in_trial):
+        if isinstance(event, P.STUDY_EVENTS) or (isinstance(event, (P.RunFailed, P.LogMessage)) and not where.in_trial):
             story.append(event)
             if isinstance(event, P.RunFailed):
                 log.write(event)

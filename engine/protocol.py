@@ -183,6 +183,9 @@ EVENT_TYPES = {
 }
 
 
+STUDY_EVENTS = (StudyStarted, TrialStarted, TrialFinished, StudyFinished)  # a study's own story, around its trials' events
+
+
 def event_from_dict(d: dict) -> Event:
     """Rebuild an event from `Event.to_dict()` (the wire format is JSON, never pickle)."""
     fields = dict(d)

@@ -40,6 +40,7 @@ class TrialRow:
     reason: str | None
     retry_of: int | None
     intermediate: dict = field(default_factory=dict)  # {step: val_loss}
+    done: bool = False  # counts toward the study's target (counts_as_done)
 
 
 def studies_root() -> Path:
@@ -95,6 +96,15 @@ _STATE_NAMES = {"RUNNING": "running", "COMPLETE": "complete", "PRUNED": "pruned"
 _ORDER = {"complete": 0, "running": 1, "pruned": 2, "failed": 3, "waiting": 4}
 
 
+def counts_as_done(t) -> bool:
+    """A finished trial that counts toward a study's target: complete, pruned, or failed on its own.
+    One stopped, or lost with its worker, does not count (it may be run again)."""
+    state = t.state.name
+    if state in ("COMPLETE", "PRUNED"):
+        return True
+    return state == "FAIL" and t.user_attrs.get("fail_reason") is not None and not t.user_attrs.get("interrupted")
+
+
 def row_of(t) -> TrialRow:
     from datetime import datetime
 
@@ -112,7 +122,7 @@ def row_of(t) -> TrialRow:
         reason = a.get("fail_reason") or "its worker stopped sending heartbeats (killed, crashed or cut off)"
     return TrialRow(
         t.number, state, value, dict(t.params), duration, a.get("best_step"), pruned_at, a.get("run_dir"),
-        a.get("adapter_path"), a.get("host"), reason, t.system_attrs.get("failed_trial"), values,
+        a.get("adapter_path"), a.get("host"), reason, t.system_attrs.get("failed_trial"), values, counts_as_done(t),
     )
 
 

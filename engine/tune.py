@@ -29,7 +29,7 @@ from typing import Callable
 
 from engine import config as config_mod, protocol as P, search
 from engine.protocol import StudyFinished, StudyStarted, TrialFinished, TrialStarted
-from engine.trials import hide_password, leaderboard, open_storage, row_of
+from engine.trials import counts_as_done, hide_password, leaderboard, open_storage, row_of
 from engine.config import Config, ConfigError
 from engine.study_plan import (  # noqa: F401  (the study's settings and plan: re-exported)
     PLAN_FILE, PRUNERS, SAMPLERS, TPE_STARTUP_TRIALS, StudySettings, check_plan, read_plan, write_plan,
@@ -290,16 +290,8 @@ def _retry_lost(study, retry: int) -> None:
     all_trials = study.get_trials(deepcopy=False)
     retried = {n for t in all_trials for n in t.system_attrs.get("retry_history", [])}
     for t in all_trials:
-        if t.state == TrialState.FAIL and not _counts_as_done(t) and t.number not in retried:
+        if t.state == TrialState.FAIL and not counts_as_done(t) and t.number not in retried:
             _retry(study, t, retry)
-
-
-def _counts_as_done(t) -> bool:
-    from optuna.trial import TrialState
-
-    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") is not None and not t.user_attrs.get("interrupted")
 
 
 def run_study(cfg: Config, space: search.SearchSpace, s: StudySettings, emit: Callable[[P.Event], None],
@@ -325,7 +317,7 @@ def run_study(cfg: Config, space: search.SearchSpace, s: StudySettings, emit: Ca
 
 def _logging(emit, log):
     def both(event: P.Event) -> None:
-        if isinstance(event, (StudyStarted, TrialStarted, TrialFinished, StudyFinished)):
+        if isinstance(event, P.STUDY_EVENTS):
             log.write(event)
         emit(event)
 
@@ -344,7 +336,7 @@ def _run_study(cfg, space, s: StudySettings, emit, control: StudyControl, preset
     study_id = storage.get_study_id_from_name(s.name)
     (s.study_dir / "study.json").write_text(json.dumps({"study": s.name, "storage": hide_password(url)}, indent=2) + "\n")
     target = min(s.trials, space.grid_size()) if s.sampler == "grid" else s.trials
-    done = sum(_counts_as_done(t) for t in study.get_trials(deepcopy=False))
+    done = sum(counts_as_done(t) for t in study.get_trials(deepcopy=False))
     emit(StudyStarted(s.name, str(s.study_dir), hide_password(url), target, done, s.sampler, s.pruner, space.to_dict()))
     model_dir = run.prepare_model_dir(cfg, lambda level, text: emit(P.LogMessage(level, text)))  # quantized for QLoRA
     base = models.Base(str(model_dir))  # once per study; every trial starts from it untouched
@@ -359,7 +351,7 @@ def _run_study(cfg, space, s: StudySettings, emit, control: StudyControl, preset
             _retry_lost(study, s.retry_failed)
         first = False
         trials = study.get_trials(deepcopy=False)
-        done = sum(_counts_as_done(t) for t in trials)
+        done = sum(counts_as_done(t) for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if done >= target:
@@ -381,7 +373,7 @@ def _run_study(cfg, space, s: StudySettings, emit, control: StudyControl, preset
         frozen = trials[objective.last_number]
         row = row_of(frozen)
         emit(TrialFinished(s.name, row.number, row.state, row.value, row.best_step, row.pruned_at_step,
-                           row.duration_s or 0.0, row.reason, row.adapter_path, sum(_counts_as_done(t) for t in trials)))
+                           row.duration_s or 0.0, row.reason, row.adapter_path, sum(counts_as_done(t) for t in trials)))
         failures = failures + [row.reason] if row.state == "failed" and not frozen.user_attrs.get("interrupted") else []
         if len(failures) >= 3 and len(set(failures[-3:])) == 1:
             emit(P.LogMessage("warning", f"3 trials in a row failed the same way; stopping the study: {failures[-1]}"))
@@ -393,7 +385,7 @@ def _run_study(cfg, space, s: StudySettings, emit, control: StudyControl, preset
 def _summary(name: str, study, reason: str, emit) -> StudyFinished:
     rows = leaderboard(study)
     count = {state: sum(r.state == state for r in rows) for state in ("complete", "pruned", "failed")}
-    lost = sum(t.state.name == "FAIL" and not _counts_as_done(t) for t in study.get_trials(deepcopy=False))
+    lost = sum(t.state.name == "FAIL" and not counts_as_done(t) for t in study.get_trials(deepcopy=False))
     best = next((r for r in rows if r.state == "complete"), None)
     finished = StudyFinished(
         name, count["complete"], count["pruned"], count["failed"], lost, best and best.number, best and best.value,

@@ -187,7 +187,6 @@ def tune(study_dir: Path) -> int:
     import optuna
 
     from engine import study_plan, trials as trial_store, tune as real_tune
-    from engine.host import STUDY_EVENTS
 
     control = real_tune.StudyControl()
     server = EventServer(study_dir, control.submit)
@@ -199,7 +198,7 @@ def tune(study_dir: Path) -> int:
     story: list[P.Event] = []
 
     def emit(event: P.Event) -> None:
-        if isinstance(event, STUDY_EVENTS):
+        if isinstance(event, P.STUDY_EVENTS):
             story.append(event)
             log.write(event)
         server.publish(event)

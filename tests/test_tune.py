@@ -458,3 +458,20 @@ def test_the_leaderboard_says_which_host_holds_a_trial_of_another_machine(tmp_pa
     out = capsys.readouterr().out
     assert "/a/2  (on worker-b)\n" in out
     assert "/a/3\n" in out and "/a/0\n" in out  # this machine's trials (and those with no host recorded) need no name
+
+
+def test_a_trial_counts_toward_the_target_unless_it_was_stopped_or_lost():
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    dists = {"lora.rank": CategoricalDistribution((4, 8))}
+
+    def row(state, **attrs):
+        return trials.row_of(optuna.create_trial(params={"lora.rank": 4}, distributions=dists, state=state,
+                                                 value=1.0 if state == TrialState.COMPLETE else None, user_attrs=attrs))
+
+    assert row(TrialState.COMPLETE).done and row(TrialState.PRUNED).done
+    assert row(TrialState.FAIL, fail_reason="non-finite loss", interrupted=False).done  # failed on its own: would fail again
+    assert not row(TrialState.FAIL, fail_reason="stopped at step 40; its checkpoint is in /x", interrupted=True).done
+    lost = row(TrialState.FAIL)  # failed by heartbeats: its worker vanished
+    assert not lost.done and "heartbeats" in lost.reason

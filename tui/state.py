@@ -266,7 +266,6 @@ def clock(seconds: float | None) -> str:
 
 
 STUDY_ACTIVE = ("starting", "running", "stopping")
-STUDY_EVENTS = (P.StudyStarted, P.TrialStarted, P.TrialFinished, P.StudyFinished)
 
 
 @dataclass
@@ -331,7 +330,7 @@ def fold(view: RunView, study: StudyView | None, events: list[P.Event]) -> tuple
     (the memory reading carries over). Returns the views to show from now on and what changed."""
     update, batch = Update(), []
     for event in events:
-        studied = isinstance(event, (*STUDY_EVENTS, P.RunFailed, P.EngineGone)) and (study is not None or isinstance(event, P.StudyStarted))
+        studied = isinstance(event, (*P.STUDY_EVENTS, P.RunFailed, P.EngineGone)) and (study is not None or isinstance(event, P.StudyStarted))
         if not studied:
             batch.append(event)
             continue

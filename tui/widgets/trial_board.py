@@ -54,9 +54,7 @@ def headline(snapshot: Snapshot, target: int | None) -> str:
         return snapshot.error
     if not snapshot.rows:
         return f"study {snapshot.study_dir.name}: no trials yet" + ("; starting" if snapshot.alive else "")
-    done = sum(r.state in ("complete", "pruned") for r in snapshot.rows) + sum(
-        r.state == "failed" and "stopped at step" not in (r.reason or "") and "died" not in (r.reason or "") for r in snapshot.rows
-    )
+    done = sum(r.done for r in snapshot.rows)  # as the study counts toward its target
     parts = [f"study {snapshot.study_dir.name}: {done}" + (f" of {target}" if target else "") + " done"]
     parts += [f"{snapshot.count(s)} {s}" for s in ("complete", "pruned", "failed", "running") if snapshot.count(s)]
     return " · ".join(parts)
