@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine import config as config_mod, protocol as P
 from engine.server import connect, encode
+from engine.study_plan import PLAN_FILE
 
 ACTIVE = ("starting", "loading", "running", "paused")
 
@@ -70,7 +71,7 @@ def start_study(study_dir: Path, engine: tuple[str, ...] = ENGINE_COMMAND) -> su
 
 def is_study(folder: Path) -> bool:
     """A study directory (made by `lora-mlx tune` or the dashboard's t) rather than a run directory."""
-    return (Path(folder) / "study-plan.json").exists() or (Path(folder) / "study.json").exists()
+    return (Path(folder) / PLAN_FILE).exists() or (Path(folder) / "study.json").exists()
 
 
 def read_record(run_dir: Path) -> dict:

@@ -19,9 +19,14 @@ def runs_root() -> Path:
     return engine_client.default_runs_root()
 
 
+def folder_name(text: str, fallback: str) -> str:
+    """text in the characters a folder name (and `--study`) allows: letters, digits, '.', '_', '-'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or fallback
+
+
 def new_run_dir(root: Path, preset_name: str, now: datetime) -> Path:
     """root/PRESET-YYYYmmdd-HHMMSS, with a suffix if two runs start in the same second."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", preset_name).strip("-.") or "run"
+    name = folder_name(preset_name, "run")
     base = root / f"{name}-{now:%Y%m%d-%H%M%S}"
     candidate, n = base, 1
     while candidate.exists():

@@ -14,6 +14,7 @@ from pathlib import Path
 from engine import client as engine_client
 from engine.config import ConfigError
 from engine.trials import TrialRow, studies_root
+from tui.runs import folder_name
 
 __all__ = ["Snapshot", "TrialsReader", "study_dir_for", "studies_root"]
 
@@ -80,10 +81,8 @@ class TrialsReader:
 
 
 def study_name(preset_name: str) -> str:
-    """A study's default name: the preset's, in the characters a folder name (and `--study`) allows."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", preset_name).strip("-.") or "study"
+    """A study's default name: the preset's, as a folder name."""
+    return folder_name(preset_name, "study")
 
 
 def promote_best(study_dir: Path) -> Path:
