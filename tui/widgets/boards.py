@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual import on, work
 from textual.message import Message
-from textual.widgets import ContentSwitcher, DataTable
+from textual.widgets import ContentSwitcher
 
 from engine.trials import MIN_COMPLETE_FOR_IMPORTANCE
 from tui import runs
@@ -197,6 +197,3 @@ class Boards(ContentSwitcher):
         self.post_message(self.OverlayChanged(message.run_dir.name, message.train, message.val))
         self._draw_runs()
         self._draw_trials()
-
-    def selected_table(self) -> DataTable:
-        return self.query_one(self.table_selector, DataTable)
