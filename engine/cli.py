@@ -250,6 +250,7 @@ def _main(argv: list[str] | None) -> int:
 
     from engine import checkpoint, config, models, run
     from engine.data import DataError
+    from engine.host import serving
     from engine.trainer import Control
 
     printer = Printer()
@@ -266,11 +267,17 @@ def _main(argv: list[str] | None) -> int:
             name = Path(config.resolve_preset(args.preset)).stem
             run_dir = args.run_dir or run.new_run_dir(name)
             _check_stop_at(args.stop_at, cfg.train.iters)
+            run.check_new(run_dir)
+            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             _install_stop_handlers(control)
-            run.start(cfg, run_dir, printer, control, stop_at=args.stop_at)
+            with serving(run_dir.resolve(), control, printer) as emit:  # `lora-mlx attach RUN_DIR` follows it
+                run.start(cfg, run_dir, emit, control, stop_at=args.stop_at)
         else:
+            run.load_run_config(args.run_dir, args.overrides)
+            run.check_not_running(args.run_dir)
             _install_stop_handlers(control)
-            run.resume(args.run_dir, printer, control, args.overrides, stop_at=args.stop_at)
+            with serving(args.run_dir.resolve(), control, printer) as emit:
+                run.resume(args.run_dir, emit, control, args.overrides, stop_at=args.stop_at)
         return EXIT_OK
     except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError, UseError) as e:
         if not printer.failure_shown:

@@ -20,7 +20,9 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from engine import protocol as P
 
@@ -55,58 +57,69 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if args.mode == "tune":
         return tune_main(args.run_dir.resolve())
-    from engine import metrics
+    from engine import blas
     from engine.cli import Printer
     from engine.control import Control
-    from engine.server import EventServer
+    from engine.run import RunRecord
 
     # The socket opens before mlx loads, so a UI connects at once and sees the loading.
     run_dir = args.run_dir.resolve()
     control = Control()
-    printer = Printer(sys.stdout)
-    server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
-    from engine.run import RunRecord
+    with serving(run_dir, control, Printer(sys.stdout)) as emit:  # engine.log reads like the CLI's output
+        for warning in blas.setup().warnings:
+            print(f"warning: {warning}", flush=True)
+        from engine import checkpoint, models, run
+        from engine.config import ConfigError
+        from engine.data import DataError
 
+        signal.signal(signal.SIGTERM, lambda *_: control.submit(P.Stop()))
+        exit_code = 1
+        try:
+            if args.mode == "start":
+                run.start(run.load_run_config(run_dir), run_dir, emit, control, stop_at=args.stop_at)
+            else:
+                run.resume(run_dir, emit, control, stop_at=args.stop_at)
+            exit_code = 0
+        except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError):
+            exit_code = 2
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            RunRecord(run_dir).update(exit_code=exit_code)
+    return exit_code
+
+
+@contextmanager
+def serving(run_dir: Path, control, show: Callable[[P.Event], None]) -> Iterator[Callable[[P.Event], None]]:
+    """A run's socket and memory readings around its training; yields emit (show the event, then publish it).
+
+    The detached host and `lora-mlx train` / `resume` in a terminal both serve their run,
+    so `lora-mlx attach` follows and controls either."""
+    from engine import metrics
+    from engine.run import RunRecord
+    from engine.server import EventServer
+
+    server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
     record = RunRecord(run_dir)
     record.update(pid=os.getpid(), socket=server.address, status="starting")
-
-    from engine import blas
-
-    for warning in blas.setup().warnings:
-        print(f"warning: {warning}", flush=True)
-    from engine import checkpoint, models, run
-    from engine.config import ConfigError
-    from engine.data import DataError
-    signal.signal(signal.SIGTERM, lambda *_: control.submit(P.Stop()))
 
     def emit(event: P.Event) -> None:
         if isinstance(event, P.Paused):
             record.update(status="paused")
         elif isinstance(event, P.Resumed):
             record.update(status="running")
-        printer(event)  # engine.log reads like the CLI's output
+        show(event)
         server.publish(event)
 
     stop_sampling = threading.Event()
     threading.Thread(target=_memory_sampler, args=(server.publish, record, stop_sampling), daemon=True).start()
-    exit_code = 1
     try:
-        if args.mode == "start":
-            run.start(run.load_run_config(run_dir), run_dir, emit, control, stop_at=args.stop_at)
-        else:
-            run.resume(run_dir, emit, control, stop_at=args.stop_at)
-        exit_code = 0
-    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError):
-        exit_code = 2
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
+        yield emit
     finally:
         stop_sampling.set()
-        record.update(exit_code=exit_code)
         server.close()
-    return exit_code
 
 
 def tune_main(study_dir: Path) -> int:

@@ -235,13 +235,28 @@ def start(cfg: Config, run_dir: Path, emit: Callable[[P.Event], None], control, 
 
     `base` (an engine.models.Base) reuses a base model already in memory, as a study's trials do.
     """
-    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with: lora-mlx resume {run_dir}")
+    check_new(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
     RunRecord(run_dir).update(status="starting", created_at=_now(), pid=os.getpid())
     return _execute(cfg, run_dir, emit, control, stop_at, resuming=False, base=base)
+
+
+def check_new(run_dir: Path) -> None:
+    """A new run needs a folder that holds no run yet."""
+    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with: lora-mlx resume {run_dir}")
+
+
+def check_not_running(run_dir: Path) -> None:
+    """Two processes training one run would overwrite each other's checkpoints."""
+    from engine.client import ACTIVE, pid_alive
+
+    record = RunRecord(run_dir).read()
+    pid = record.get("pid")
+    if record.get("status") in ACTIVE and pid != os.getpid() and pid_alive(pid):
+        raise ConfigError(f"{run_dir} is still being trained (pid {pid}); follow it with: lora-mlx attach {run_dir}")
 
 
 def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
@@ -265,6 +280,7 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
 def resume(run_dir: Path, emit: Callable[[P.Event], None], control, overrides: list[str] = (), stop_at: int | None = None) -> bool:
     """Continue a run from its newest intact checkpoint to train.iters."""
     cfg = load_run_config(run_dir, overrides)
+    check_not_running(run_dir)
     if overrides:
         (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
     RunRecord(run_dir).update(pid=os.getpid())

@@ -110,6 +110,46 @@ def test_ctrl_c_stops_with_a_checkpoint(tmp_path):
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
 
 
+def test_a_run_in_a_terminal_can_be_attached_to_paused_and_stopped(tmp_path):
+    """`lora-mlx train` serves its run like the detached engine: another terminal follows and controls it."""
+    from engine import client as engine_client, protocol as P
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "train", "demo", *FAST, "--set", "train.iters=2000", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=config.REPO_ROOT,
+    )
+    try:
+        watcher = engine_client.EngineClient(run_dir)
+        watcher.connect(timeout_s=60)
+        seen: list = []
+
+        def wait_for_event(kind, timeout_s=60):
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                seen.extend(watcher.receive(0.2))
+                if any(isinstance(e, kind) for e in seen):
+                    return
+            raise AssertionError(f"no {kind.__name__} within {timeout_s} s; saw {[type(e).__name__ for e in seen][-10:]}")
+
+        wait_for_event(P.StepReported)
+        assert watcher.send(P.Pause())
+        wait_for_event(P.Paused)
+        assert engine_client.read_record(run_dir)["status"] == "paused"
+        refused = lora_mlx("resume", run_dir)  # a second process must not train the same run
+        assert refused.returncode == 2 and f"is still being trained (pid {proc.pid})" in refused.stderr, refused.stderr
+        assert watcher.send(P.Stop())
+        wait_for_event(P.RunFinished)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "paused at step" in out and "checkpoint (stop)" in out  # the terminal shows what the other one asked for
+    record = engine_client.read_record(run_dir)
+    assert record["status"] == "stopped" and not Path(record["socket"]).exists()
+
+
 def test_runs_offers_resume_only_with_a_checkpoint(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text('{"text": "ok"}\n{"text": \n')
