@@ -1,6 +1,7 @@
 """The leaderboard, the curve overlay, and attaching to runs (live, finished, dead, shared)."""
 
 import json
+import os
 from pathlib import Path
 
 from engine import protocol as P
@@ -116,3 +117,18 @@ async def test_attach_to_a_run_whose_engine_died_shows_it_failed(fake_env):
         await until(pilot, lambda: app.main.view.state == "failed", what="failed")
         assert app.main.view.failure[0] == "The engine process ended without finishing: exit code -9 (SIGKILL: killed)."
         assert app.main.view.failure[-2:] == ["  step 190/200", "  Killed"]
+
+
+@pilot_test
+async def test_a_command_to_an_engine_that_never_answers_is_reported_not_left_pending(fake_env):
+    run_dir = write_run(fake_env, "demo-mute", best=0.5)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()[:-1]  # still going, as far as its files tell
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "status": "running", "pid": os.getpid()}))  # alive, no socket
+    app = make_app(fake_env, attach=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("p")  # while the dashboard is still trying to connect
+        assert app.main.view.detail == "pausing at the next step"
+        await told(pilot, "The engine did not get 'Pause': it is not reachable.")
+        assert app.main.view.detail != "pausing at the next step"

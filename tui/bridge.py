@@ -72,12 +72,14 @@ def run_bridge(job: StartJob | StudyJob | AttachJob, commands: queue.SimpleQueue
                 pump(client, commands, post, cancelled)
             elif not cancelled():  # it ended before we could connect: what it recorded tells how
                 post(EngineEvents(from_files(job.run_dir, exit_code=gone(client).exit_code)))
+                refuse_waiting(commands, post)
         else:
             client = engine_client.EngineClient(job.run_dir)
             if connect(client, cancelled, ATTACH_S, lambda: not _engine_alive(job.run_dir)):
                 pump(client, commands, post, cancelled)
             elif not cancelled():
                 post(EngineEvents(from_files(job.run_dir)))
+                refuse_waiting(commands, post)
     finally:
         post(BridgeEnded(job.run_dir))
 
@@ -93,6 +95,15 @@ def connect(client: engine_client.EngineClient, cancelled: Cancelled, timeout_s:
             if exited():
                 return False
     return False
+
+
+def refuse_waiting(commands: queue.SimpleQueue, post: Post) -> None:
+    """Commands queued while connecting reached no engine: say so, so the UI does not wait for them."""
+    while True:
+        try:
+            post(CommandSent(commands.get_nowait(), False))
+        except queue.Empty:
+            return
 
 
 def pump(client: engine_client.EngineClient, commands: queue.SimpleQueue, post: Post, cancelled: Cancelled) -> None:

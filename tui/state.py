@@ -91,6 +91,7 @@ class RunView:
     in_study: bool = False  # a study's trial: a stopped trial is run again by the study, not resumed by hand
     _rate_ref: tuple[int, float] | None = None
     _seconds_per_step: float | None = None
+    _before_request: tuple[str, str] | None = None  # state and detail before the latest request, until it is delivered
 
     @property
     def run_name(self) -> str:
@@ -102,6 +103,7 @@ class RunView:
 
     def request(self, command: P.Command) -> Update:
         """The user asked for something; show it until the engine confirms."""
+        self._before_request = (self.state, self.detail)
         if isinstance(command, P.Stop):
             self.state, self.detail = "stopping", "saving a checkpoint, then stopping"
         elif isinstance(command, P.Pause):
@@ -110,6 +112,13 @@ class RunView:
             self.detail = "resuming"
         elif isinstance(command, P.SaveCheckpoint):
             self.detail = "saving a checkpoint"
+        return Update(state=True)
+
+    def undelivered(self) -> Update:
+        """The engine never got the latest request: show what was true before it."""
+        if self._before_request is not None:
+            self.state, self.detail = self._before_request
+            self._before_request = None
         return Update(state=True)
 
     def apply(self, events: list[P.Event]) -> Update:

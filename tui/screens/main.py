@@ -365,7 +365,8 @@ class MainScreen(Screen):
     @on(CommandSent)
     def _command_sent(self, message: CommandSent) -> None:
         if not message.delivered:
-            self.notify(f"The engine did not get '{type(message.command).__name__}': it is no longer reachable.", severity="error", markup=False)
+            self._show(self.view.undelivered())
+            self.notify(f"The engine did not get '{type(message.command).__name__}': it is not reachable.", severity="error", markup=False)
 
     @on(BridgeEnded)
     def _bridge_ended(self, message: BridgeEnded) -> None:
