@@ -10,6 +10,7 @@ estimate comes from engine.estimate before anything loads. Target: within 25%.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import subprocess
@@ -58,8 +59,11 @@ def worker(model: str, data: str, overrides: list[str]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3], sys.argv[4:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # MODEL DATA_DIR [OVERRIDE ...]
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], args.worker[1], args.worker[2:])
         return
     with tempfile.TemporaryDirectory() as tmp:
         make_data(Path(tmp))

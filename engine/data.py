@@ -321,7 +321,7 @@ def load_splits(
     for n, split in splits.items():
         if not split.examples:
             raise DataError(f"{n}.jsonl: no usable records left after skipping and dropping (see the warnings above)")
-    if len(splits["train"].examples) < batch_size:
-        raise DataError(f"train.jsonl: {len(splits['train'].examples)} usable records, fewer than "
+    if (count := len(splits["train"].examples)) < batch_size:
+        raise DataError(f"train.jsonl: {count} usable record{'' if count == 1 else 's'}, fewer than "
                         f"train.batch_size={batch_size}; add records or lower train.batch_size")
     return splits

@@ -17,7 +17,7 @@ import psutil
 from engine import blas
 
 THREAD_VARS = ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")
-GB = 1024**3
+GB = 1e9  # as everywhere in lora-mlx (memory.limit_gb, the gauge, the estimate)
 
 
 def environment_report(measure: bool = True) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import batches, data
+from engine import batches
 from engine.batches import BatchStream, epoch_batches, eval_batches, make_batch
 from engine.data import DataError, load_records, load_splits
 
@@ -347,6 +347,8 @@ def test_train_smaller_than_batch_size(tmp_path):
     assert error(tmp_path, batch_size=4) == (
         "train.jsonl: 3 usable records, fewer than train.batch_size=4; add records or lower train.batch_size"
     )
+    write(tmp_path, "train.jsonl", [chat()])
+    assert error(tmp_path, batch_size=2).startswith("train.jsonl: 1 usable record, fewer than")
 
 
 def test_split_left_empty_after_dropping(tmp_path):
