@@ -1,5 +1,7 @@
 """The configuration pane's logic: reading, validating and saving presets with the engine's validator."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -31,6 +33,16 @@ def test_presets_come_from_the_project_and_the_user(user_presets):
     (user_presets / "fast.yaml").write_text("model: builtin:tiny\ndata: /d\n")
     found = dict(presets.list_presets())
     assert found["demo"] == DEMO and found["fast (yours)"] == user_presets / "fast.yaml"
+
+
+def test_the_picker_shows_the_preset_however_its_path_was_written(base, monkeypatch):
+    monkeypatch.chdir(C.REPO_ROOT)
+    options, value = presets.preset_options(Path("presets/demo.yaml"))  # `lora-mlx tui presets/demo.yaml`
+    assert value == str(DEMO.resolve()) and dict((v, label) for label, v in options)[value] == "demo"
+    assert len(options) == len(presets.list_presets())
+    options, value = presets.preset_options(base)  # a preset outside the preset folders
+    assert options[-1] == ("base.yaml", str(base.resolve())) and value == str(base.resolve())
+    assert presets.preset_options(None)[1] is None
 
 
 def test_a_preset_reads_as_every_key_with_its_own_values_raw(base):

@@ -28,6 +28,20 @@ def list_presets() -> list[tuple[str, Path]]:
     return found
 
 
+def preset_options(current: Path | None) -> tuple[list[tuple[str, str]], str | None]:
+    """The picker's (label, value) options, and the value for `current`.
+
+    Paths are resolved, so `presets/demo.yaml` picks "demo"; a preset outside the preset
+    folders (`lora-mlx tui ~/my.yaml`) is listed by its file name (`my.yaml`)."""
+    options = [(label, str(path.resolve())) for label, path in list_presets()]
+    if current is None:
+        return options, None
+    value = str(Path(current).expanduser().resolve())
+    if all(v != value for _, v in options):
+        options.append((Path(current).name, value))
+    return options, value
+
+
 def format_value(value: Any) -> str:
     """A value as the user types it in a field (YAML flow style, like `--set`)."""
     if isinstance(value, bool):

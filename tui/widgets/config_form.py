@@ -81,11 +81,10 @@ class ConfigForm(VerticalScroll):
         yield Static(id="config-summary")
         yield Static("memory estimate: ...", id="config-estimate")
         yield Static(id="field-help")
-        options = [(label, str(path)) for label, path in presets.list_presets()]
-        current = str(self.preset.path) if self.preset.path and any(v == str(self.preset.path) for _, v in options) else Select.NULL
+        options, current = presets.preset_options(self.preset.path)
         with Horizontal(id="preset-row"):
             yield Label("preset", classes="field-label")
-            yield Select(options, value=current, prompt="(none)", compact=True, id="preset-select")
+            yield Select(options, value=current or Select.NULL, prompt="(none)", compact=True, id="preset-select")
         yield Static(id="config-problems")
         section = None
         for key in sorted(C.LEAF_FIELDS, key=section_order):
@@ -128,7 +127,7 @@ class ConfigForm(VerticalScroll):
     def _select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "preset-select":
             event.stop()
-            if event.value is not Select.NULL and (self.preset.path is None or str(self.preset.path) != event.value):
+            if event.value is not Select.NULL and (self.preset.path is None or str(self.preset.path.resolve()) != event.value):
                 self.load(Path(str(event.value)))
             return
         self._edited(event, str(event.value))
@@ -207,11 +206,12 @@ class ConfigForm(VerticalScroll):
     def refresh_presets(self) -> None:
         """List the preset folders again (a preset was written)."""
         select = self.query_one("#preset-select", Select)
-        options = [(label, str(p)) for label, p in presets.list_presets()]
+        shown = select.value is not Select.NULL  # a run's config.yaml loaded into the form is no preset to pick
+        options, current = presets.preset_options(self.preset.path if shown else None)
         with self.prevent(Select.Changed):
             select.set_options(options)
-            if self.preset.path is not None and any(v == str(self.preset.path) for _, v in options):
-                select.value = str(self.preset.path)
+            if current is not None:
+                select.value = current
 
     def action_save_preset(self) -> None:
         try:
