@@ -203,7 +203,6 @@ def test_non_finite_loss_skips_updates_then_stops_without_saving_nan(tmp_path):
     splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4, mask_prompt=cfg.train.mask_prompt)
     stream = batches.BatchStream(splits["train"], 4, cfg.seed, 64)
     before = {k: np.array(v) for k, v in __import__("mlx.utils", fromlist=["x"]).tree_flatten(model.trainable_parameters())}
-    calls = {"n": 0}
 
     def poisoned_loss(model, tokens, lengths):
         value, ntoks = trainer.masked_loss(model, tokens, lengths)

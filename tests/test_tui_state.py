@@ -160,7 +160,7 @@ def test_a_sample_is_kept_and_logged():
 
 
 def test_fold_gives_each_trial_a_fresh_view_and_keeps_the_study_story():
-    from tui.state import StudyView, fold
+    from tui.state import fold
 
     memory = P.MemorySampled(1, 1, 0, 1, 1, 1, 2, 0, 0)
     started = P.StudyStarted("demo", "/s/demo", "sqlite", 6, 2, "tpe", "median", {})

@@ -3,12 +3,11 @@
 A fake engine hosts the study: the real socket protocol, a real Optuna storage, scripted trials.
 """
 
-import json
 from pathlib import Path
 
 import yaml
 
-from engine import client as engine_client, protocol as P
+from engine import client as engine_client
 from tui.dialogs.quit import QuitDialog
 from tui.dialogs.study import StudyDialog
 from tui.dialogs.try_it import TryItScreen

@@ -6,7 +6,7 @@ import sys
 import mlx.core as mx
 import pytest
 
-from engine import config, protocol as P, run, trainer, use
+from engine import config, run, trainer, use
 
 DEMO = str(config.REPO_ROOT / "presets" / "demo.yaml")
 
