@@ -250,6 +250,7 @@ def _main(argv: list[str] | None) -> int:
 
     from engine import checkpoint, config, models, run
     from engine.data import DataError
+    from engine.client import new_run_dir
     from engine.host import serving
     from engine.trainer import Control
 
@@ -265,10 +266,11 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "train":
             cfg = config.load(args.preset, args.overrides)
             name = Path(config.resolve_preset(args.preset)).stem
-            run_dir = args.run_dir or run.new_run_dir(name)
             _check_stop_at(args.stop_at, cfg.train.iters)
-            run.check_new(run_dir)
-            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if args.run_dir:
+                run.check_new(args.run_dir)
+                args.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            run_dir = args.run_dir or new_run_dir(name)
             _install_stop_handlers(control)
             with serving(run_dir.resolve(), control, printer) as emit:  # `lora-mlx attach RUN_DIR` follows it
                 run.start(cfg, run_dir, emit, control, stop_at=args.stop_at)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -28,6 +30,28 @@ ACTIVE = ("starting", "loading", "running", "paused")
 def default_runs_root() -> Path:
     """Where runs go: $LORA_MLX_RUNS, else ./runs."""
     return Path(os.environ.get("LORA_MLX_RUNS", "runs")).expanduser()
+
+
+def folder_name(text: str, fallback: str) -> str:
+    """text in the characters a folder name (and `--study`) allows: letters, digits, '.', '_', '-'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or fallback
+
+
+def new_run_dir(preset_name: str, root: Path | None = None, now: datetime | None = None) -> Path:
+    """root/PRESET-YYYYmmdd-HHMMSS, created (0700) here, with -2, -3... when another run took that second.
+
+    Creating it is what claims the name, so two runs started at once never share a folder."""
+    root = root or default_runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{folder_name(preset_name, 'run')}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    for n in range(1, 1000):
+        candidate = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            candidate.mkdir(mode=0o700)
+            return candidate
+        except FileExistsError:
+            continue
+    raise OSError(f"{root}: a thousand runs named {base} already exist")
 
 
 ENGINE_COMMAND = (sys.executable, "-m", "engine.host")

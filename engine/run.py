@@ -24,14 +24,8 @@ from typing import Callable
 import yaml
 
 from engine import checkpoint, config as config_mod, protocol as P
-from engine.client import default_runs_root
 from engine.metrics import MetricsLog
 from engine.config import Config, ConfigError
-
-def new_run_dir(preset_name: str, root: Path | None = None) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return (root or default_runs_root()) / f"{preset_name}-{stamp}"
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

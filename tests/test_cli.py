@@ -186,3 +186,14 @@ def test_a_closed_pipe_ends_a_listing_quietly(tmp_path):
     shell = f"{sys.executable} -m engine.cli runs --root {tmp_path} | head -1"
     result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
     assert result.stdout.startswith("RUN ") and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from datetime import datetime
+
+    from engine.client import new_run_dir
+
+    now = datetime(2026, 1, 1, 12, 0, 0)
+    first, second = new_run_dir("my preset", tmp_path / "runs", now), new_run_dir("my preset", tmp_path / "runs", now)
+    assert first.name == "my-preset-20260101-120000" and second.name == "my-preset-20260101-120000-2"
+    assert first.is_dir() and second.is_dir() and oct(first.stat().st_mode & 0o777) == "0o700"

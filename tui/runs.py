@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -17,22 +16,6 @@ from tui.state import Series
 def runs_root() -> Path:
     """Where runs live: $LORA_MLX_RUNS or ./runs (the same rule as the engine's CLI)."""
     return engine_client.default_runs_root()
-
-
-def folder_name(text: str, fallback: str) -> str:
-    """text in the characters a folder name (and `--study`) allows: letters, digits, '.', '_', '-'."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or fallback
-
-
-def new_run_dir(root: Path, preset_name: str, now: datetime) -> Path:
-    """root/PRESET-YYYYmmdd-HHMMSS, with a suffix if two runs start in the same second."""
-    name = folder_name(preset_name, "run")
-    base = root / f"{name}-{now:%Y%m%d-%H%M%S}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
 
 
 @dataclass(frozen=True)

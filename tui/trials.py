@@ -14,7 +14,7 @@ from pathlib import Path
 from engine import client as engine_client
 from engine.config import ConfigError
 from engine.trials import TrialRow, studies_root
-from tui.runs import folder_name
+from engine.client import folder_name
 
 __all__ = ["Snapshot", "TrialsReader", "study_dir_for", "studies_root"]
 

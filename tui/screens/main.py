@@ -8,7 +8,6 @@ that changed to the widgets.
 from __future__ import annotations
 
 import queue
-from datetime import datetime
 from pathlib import Path
 
 from textual import on, work
@@ -118,7 +117,11 @@ class MainScreen(Screen):
             self.action_show_pane("config")
             self.notify(str(e), title="Cannot start: fix the configuration", severity="error", timeout=10, markup=False)
             return
-        run_dir = runs.new_run_dir(self.runs_root.resolve(), self.preset_name, datetime.now())  # the engine runs in another cwd
+        try:
+            run_dir = engine_client.new_run_dir(self.preset_name, self.runs_root.resolve())  # the engine runs in another cwd
+        except OSError as e:
+            self.notify(f"Cannot create the run's folder: {e}", title="Cannot start", severity="error", timeout=10, markup=False)
+            return
         self.study = None
         self._begin(run_dir, "launching the engine")
         self.bridge(StartJob(cfg, run_dir, self.engine_command), self.commands)
