@@ -23,7 +23,7 @@ from typing import Callable
 
 import yaml
 
-from engine import checkpoint, config as config_mod, protocol as P
+from engine import adapters, checkpoint, config as config_mod, protocol as P
 from engine.metrics import MetricsLog
 from engine.config import Config, ConfigError
 
@@ -48,126 +48,6 @@ class RunRecord:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.path)
-
-
-def adapter_config(cfg: Config, num_layers: int, model_dir: Path) -> dict:
-    """adapter_config.json in mlx-lm's shape, so `mlx_lm.generate --adapter-path` loads it."""
-    lora_parameters = {
-        "rank": cfg.lora.rank,
-        "scale": cfg.lora.alpha / cfg.lora.rank,
-        "dropout": cfg.lora.dropout,
-    }
-    if cfg.lora.keys:
-        lora_parameters["keys"] = list(cfg.lora.keys)
-    return {
-        "fine_tune_type": cfg.fine_tune_type,
-        "num_layers": num_layers,
-        "lora_parameters": lora_parameters,
-        "model": cfg.model,
-        "model_path": str(model_dir),
-    }
-
-
-def build_optimizer(train_cfg):
-    """The optimizer with its warmup + schedule; the schedule's position is the optimizer's step."""
-    import mlx.optimizers as optim
-
-    peak, warmup = train_cfg.learning_rate, train_cfg.warmup_steps
-    decay_steps = max(train_cfg.iters - warmup, 1)
-    if train_cfg.lr_schedule == "cosine":
-        main = optim.cosine_decay(peak, decay_steps, train_cfg.final_learning_rate)
-    elif train_cfg.lr_schedule == "linear":
-        main = optim.linear_schedule(peak, train_cfg.final_learning_rate, decay_steps)
-    else:
-        # A constant written as a schedule of the step: a compiled update needs the value to depend on an input.
-        main = optim.linear_schedule(peak, peak, 1)
-    schedule = optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), main], [warmup]) if warmup else main
-    if train_cfg.optimizer == "adam":
-        return optim.Adam(learning_rate=schedule)
-    if train_cfg.optimizer == "adamw":
-        return optim.AdamW(learning_rate=schedule, weight_decay=train_cfg.weight_decay)
-    return optim.SGD(learning_rate=schedule, weight_decay=train_cfg.weight_decay)
-
-
-def apply_adapters(model, cfg: Config) -> int:
-    """Freeze the base and add LoRA/DoRA layers (or unfreeze all for full). Return the layer count adapted."""
-    import mlx.core as mx
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    num_layers = len(model.layers) if cfg.lora.num_layers == -1 else min(cfg.lora.num_layers, len(model.layers))
-    if cfg.fine_tune_type == "full":
-        model.unfreeze()
-        return num_layers
-    model.freeze()
-    mx.random.seed(cfg.seed)  # adapter init draws from mlx's RNG
-    params = {"rank": cfg.lora.rank, "scale": cfg.lora.alpha / cfg.lora.rank, "dropout": cfg.lora.dropout}
-    if cfg.lora.keys:
-        params["keys"] = list(cfg.lora.keys)
-        _check_lora_keys(model, cfg.lora.keys)
-    linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
-    return num_layers
-
-
-def _check_lora_keys(model, keys) -> None:
-    present = {name for name, _ in model.layers[0].named_modules()}
-    unknown = [k for k in keys if k not in present]
-    if unknown:
-        import difflib
-
-        linear = sorted(n for n in present if n.count(".") >= 1)
-        hints = [f"{k} (did you mean {difflib.get_close_matches(k, linear, n=1)[0]!r}?)" if difflib.get_close_matches(k, linear, n=1) else k for k in unknown]
-        raise ConfigError(f"lora.keys: no such module in the model's blocks: {', '.join(hints)}")
-
-
-def enable_grad_checkpoint(model) -> None:
-    """Recompute each block's activations in the backward pass.
-
-    Each block instance gets a one-off subclass whose __call__ is wrapped in
-    mx.checkpoint, so parameter names stay the same and no library class is patched.
-    """
-    import mlx.core as mx
-
-    for block in model.layers:
-        base = type(block)
-
-        def checkpointed(self, *args, __call=base.__call__, **kwargs):
-            def inner(params, *args, **kwargs):
-                self.update(params)
-                return __call(self, *args, **kwargs)
-
-            return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
-
-        block.__class__ = type(f"Checkpointed{base.__name__}", (base,), {"__call__": checkpointed})
-
-
-def load_adapter_weights(model, weights: dict, source: Path) -> None:
-    """Load weights into exactly the trainable parameters: same names, same shapes, nothing missing."""
-    from mlx.utils import tree_flatten
-
-    expected = dict(tree_flatten(model.trainable_parameters()))
-    problems = [f"{k}: missing" for k in expected if k not in weights]
-    problems += [f"{k}: not a trainable parameter of this model" for k in weights if k not in expected]
-    problems += [
-        f"{k}: shape {tuple(weights[k].shape)} but the model needs {tuple(expected[k].shape)}"
-        for k in weights
-        if k in expected and weights[k].shape != expected[k].shape
-    ]
-    if problems:
-        raise checkpoint.CheckpointError(f"{source}: adapters do not fit this model:\n  " + "\n  ".join(problems[:10]))
-    model.load_weights(list(weights.items()), strict=False)
-
-
-def write_adapters(run_dir: Path, model, adapter_cfg: dict) -> Path:
-    """Write RUN_DIR/adapters/ atomically (a temp name, then rename)."""
-    from mlx.utils import tree_flatten
-
-    folder = run_dir / "adapters"
-    folder.mkdir(exist_ok=True)
-    tmp = folder / ".adapters.tmp.safetensors"
-    checkpoint.save_safetensors(tmp, dict(tree_flatten(model.trainable_parameters())))
-    os.replace(tmp, folder / "adapters.safetensors")
-    (folder / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2) + "\n")
-    return folder
 
 
 AUTO_BATCH_CEILING = 64  # batch_size auto looks no further: bigger batches mean few, coarse steps
@@ -321,15 +201,15 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool,
         guess = estimate.preflight(cfg, *models.describe(str(model_dir)), memory_limit, "the memory limit")
         log("warning" if guess.verdict != "fits" else "info", "\n".join(guess.lines()))
         model = base.fresh() if base else models.load(str(model_dir))[0]
-        num_layers = apply_adapters(model, cfg)
+        num_layers = adapters.apply_adapters(model, cfg)
         quant.use_cpu_fast_path(model)  # dequantize + BLAS on the CPU backend; after the adapters, so DoRA gets it too
         if cfg.train.grad_checkpoint:
-            enable_grad_checkpoint(model)
+            adapters.enable_grad_checkpoint(model)
         resolve_auto_batch(cfg, model, len(splits["train"].examples), memory_limit, log)
         if not resuming:
             (run_dir / "config.yaml").write_text(config_mod.dump(cfg))  # with auto sizes resolved
-        adapter_cfg = adapter_config(cfg, num_layers, model_dir)
-        optimizer = build_optimizer(cfg.train)
+        adapter_cfg = adapters.adapter_config(cfg, num_layers, model_dir)
+        optimizer = adapters.build_optimizer(cfg.train)
         optimizer.init(model.trainable_parameters())
         stream = batches.BatchStream(splits["train"], cfg.train.batch_size, cfg.seed, cfg.train.max_seq_length)
 
@@ -338,7 +218,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool,
             loaded = checkpoint.load_latest(run_dir / "checkpoints", cfg, log)
             if loaded is None:
                 raise checkpoint.CheckpointError(f"{run_dir}: no intact checkpoint to resume from")
-            load_adapter_weights(model, loaded.adapters, loaded.path)
+            adapters.load_adapter_weights(model, loaded.adapters, loaded.path)
             optimizer.state = tree_unflatten(list(loaded.optimizer.items()))
             optimizer.init(model.trainable_parameters())
             state = trainer.TrainState(**loaded.state["train_state"])
@@ -405,7 +285,7 @@ def _execute(cfg: Config, run_dir: Path, emit, control, stop_at, resuming: bool,
             clear_cache_every=cfg.memory.clear_cache_every,
             sample=_sampler(model, tokenizer, cfg.train) if cfg.train.sample_prompt else None,
         )
-        adapters_dir = write_adapters(run_dir, model, adapter_cfg)
+        adapters_dir = adapters.write_adapters(run_dir, model, adapter_cfg)
         record.update(status="finished" if finished else "stopped", step=state.step, best_val_loss=state.best_val_loss)
         report(
             P.RunFinished(

@@ -189,4 +189,6 @@ def test_num_layers_zero_is_refused(tmp_path):
 
 def test_config_reference_doc_is_in_sync():
     doc = (config.REPO_ROOT / "docs" / "config.md").read_text()
-    assert doc == config.reference_markdown(), "regenerate with: python -m engine.config > docs/config.md"
+    from engine.config_reference import reference_markdown
+
+    assert doc == reference_markdown(), "regenerate with: python -m engine.config_reference > docs/config.md"

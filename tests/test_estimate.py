@@ -31,11 +31,11 @@ def test_trainable_count_matches_lora_on_the_real_model():
     from mlx.utils import tree_flatten
     from mlx_lm.utils import load
 
-    from engine import run
+    from engine import adapters
 
     c = cfg("lora.rank=4", "lora.num_layers=2", "lora.keys=[self_attn.q_proj, mlp.down_proj]")
     model, _ = load(str(tiny_dir()))
-    run.apply_adapters(model, c)
+    adapters.apply_adapters(model, c)
     real = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     shape = estimate.Shape.from_config(json.loads((tiny_dir() / "config.json").read_text()))
     assert estimate._trainable(shape, c) == real
