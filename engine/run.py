@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_RECORD_LOCK = threading.Lock()
+
+
 class RunRecord:
     """run.json: what `lora-mlx runs` and a UI read to know a run's state."""
 
@@ -44,10 +48,13 @@ class RunRecord:
             return {}
 
     def update(self, **fields) -> None:
-        data = {**self.read(), **fields, "updated_at": _now()}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        """Merge fields into run.json. The memory sampler's thread updates it beside the training
+        loop: the lock keeps one from writing back what the other just changed."""
+        with _RECORD_LOCK:
+            data = {**self.read(), **fields, "updated_at": _now()}
+            tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            os.replace(tmp, self.path)
 
 
 AUTO_BATCH_CEILING = 64  # batch_size auto looks no further: bigger batches mean few, coarse steps

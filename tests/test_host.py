@@ -136,3 +136,24 @@ def test_diagnosis_reads_the_last_memory_note():
     calm = {"memory": {"peak_gb": 2.0, "limit_gb": 10.0, "system_available_gb": 12.0, "system_total_gb": 16.0}}
     assert client.diagnose(calm, exit_code=1) is None
     assert "micro_batch_size" in client.diagnose(calm, exit_code=-6)  # Metal aborts on OOM
+
+
+def test_run_json_keeps_every_update_when_the_memory_sampler_writes_beside_the_loop(tmp_path):
+    """The sampler thread and the training loop both update run.json: neither may undo the other."""
+    import threading
+
+    from engine.run import RunRecord
+
+    def writer(name: str) -> None:
+        record = RunRecord(tmp_path)
+        for i in range(200):
+            record.update(**{f"{name}{i}": i})
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("loop", "sampler")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = RunRecord(tmp_path).read()
+    assert all(data.get(f"{name}{i}") == i for name in ("loop", "sampler") for i in range(200))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temp file left behind
