@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from engine import config as config_mod, search
 from engine.config import Config, ConfigError
@@ -72,18 +73,26 @@ def read_plan(study_dir: Path) -> tuple[Config, search.SearchSpace, StudySetting
     return cfg, space, StudySettings(**plan["settings"], root=Path(study_dir).resolve().parent), plan.get("preset", {})
 
 
-def check_plan(cfg: Config, space: search.SearchSpace, s: StudySettings) -> list[str]:
-    """Refuse settings that cannot work (ConfigError); return warnings for ones that work poorly."""
+def cli_option(name: str) -> str:
+    """How `lora-mlx tune` spells a setting: trials -> --trials."""
+    return f"--{name}"
+
+
+def check_plan(cfg: Config, space: search.SearchSpace, s: StudySettings, named: Callable[[str], str] = cli_option) -> list[str]:
+    """Refuse settings that cannot work (ConfigError); return warnings for ones that work poorly.
+
+    named(setting) is how the caller's user knows a setting: `--trials` on the command line,
+    the trials field in the dashboard's dialog."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", s.name):
-        raise ConfigError(f"--study {s.name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
-    for flag, value, low in (("--trials", s.trials, 1), ("--retry-failed", s.retry_failed, 0), ("--heartbeat", s.heartbeat_s, 1),
-                             ("--pruner-startup", s.pruner_startup, 0), ("--pruner-warmup", s.pruner_warmup_steps, 0)):
+        raise ConfigError(f"{named('study')} {s.name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    for option, value, low in (("trials", s.trials, 1), ("retry-failed", s.retry_failed, 0), ("heartbeat", s.heartbeat_s, 1),
+                               ("pruner-startup", s.pruner_startup, 0), ("pruner-warmup", s.pruner_warmup_steps, 0)):
         if value < low:
-            raise ConfigError(f"{flag} {value}: must be at least {low}")
+            raise ConfigError(f"{named(option)} {value}: must be at least {low}")
     if s.grace_s <= s.heartbeat_s:
-        raise ConfigError(f"--grace {s.grace_s}: must be longer than --heartbeat ({s.heartbeat_s} s)")
+        raise ConfigError(f"{named('grace')} {s.grace_s}: must be longer than {named('heartbeat')} ({s.heartbeat_s} s)")
     if s.timeout_min is not None and s.timeout_min <= 0:
-        raise ConfigError(f"--timeout {s.timeout_min:g}: must be a positive number of minutes")
+        raise ConfigError(f"{named('timeout')} {s.timeout_min:g}: must be a positive number of minutes")
     if not (Path(cfg.data.path) / "valid.jsonl").exists():
         raise ConfigError(f"data: {cfg.data.path}/valid.jsonl is missing; a study scores each trial by its validation loss")
     notes = []
@@ -92,10 +101,10 @@ def check_plan(cfg: Config, space: search.SearchSpace, s: StudySettings) -> list
     if s.sampler == "grid":
         size = space.grid_size() if space.grid() else 0
         if size > s.trials:
-            notes.append(f"the grid has {size} points and --trials is {s.trials}: only {s.trials} of them will run")
+            notes.append(f"the grid has {size} points and {named('trials')} is {s.trials}: only {s.trials} of them will run")
     elif s.sampler == "tpe" and s.trials <= TPE_STARTUP_TRIALS:
         notes.append(
-            f"TPE picks its first {TPE_STARTUP_TRIALS} trials at random, so with --trials {s.trials} this is a random "
+            f"TPE picks its first {TPE_STARTUP_TRIALS} trials at random, so with {named('trials')} {s.trials} this is a random "
             f"search; run more than {TPE_STARTUP_TRIALS} trials for TPE to help"
         )
     if s.pruner != "none" and not prunable:
@@ -104,11 +113,11 @@ def check_plan(cfg: Config, space: search.SearchSpace, s: StudySettings) -> list
             f"vs train.iters {cfg.train.iters}); lower train.steps_per_eval to evaluate along the way"
         )
     elif s.pruner == "median" and s.trials <= s.pruner_startup:
-        notes.append(f"no trial can be pruned: the median pruner starts after {s.pruner_startup} complete trials (--pruner-startup)")
+        notes.append(f"no trial can be pruned: the median pruner starts after {s.pruner_startup} complete trials ({named('pruner-startup')})")
     elif s.pruner == "hyperband" and evals < 9:
         brackets = int(math.log(max(evals, 1), 3)) + 1
         notes.append(
             f"hyperband with {evals} evaluations per trial has only {brackets} bracket(s) and prunes little; "
-            f"lower train.steps_per_eval to at least {max(cfg.train.iters // 9, 1)} or use --pruner median"
+            f"lower train.steps_per_eval to at least {max(cfg.train.iters // 9, 1)} or use {named('pruner')} median"
         )
     return notes

@@ -222,3 +222,17 @@ async def test_attaching_to_a_study_run_by_lora_mlx_tune_shows_its_stored_trials
         assert [r.number for r in board.rows] == [1, 0, 2, 3] and app.main.query_one(Boards).current == "trial-board"
         await shows(pilot, app.main.query_one(StatusBar), "STUDY WATCHING", "its trials as stored (lora-mlx tune runs it)")
         assert not app.main.busy  # nothing here to stop or pause
+
+
+@pilot_test
+async def test_the_dialog_refuses_and_warns_in_its_own_words(fake_env):
+    app = make_app(fake_env)
+    async with app.run_test(size=(120, 40)) as pilot:
+        dialog = await open_study_dialog(pilot, trials="0")
+        notes = dialog.query_one("#study-notes")
+        await shows(pilot, notes, "trials 0: must be at least 1")
+        assert dialog.query_one("#study-start").disabled
+        dialog.query_one("#study-trials").value = "6"
+        text = await shows(pilot, notes, "TPE picks its first 10 trials", "with trials 6 this")
+        assert not dialog.query_one("#study-start").disabled and "--" not in text
+        await pilot.press("escape")

@@ -23,6 +23,11 @@ DEFAULT_TRIALS = 20
 UI_RETRY = 1  # a trial stopped by quitting (or lost with its process) runs again when the study continues
 
 
+def dialog_name(setting: str) -> str:
+    """A study setting as this dialog shows it: its own fields by label, the rest as `lora-mlx tune` takes them."""
+    return setting if setting in ("trials", "sampler", "pruner") else f"lora-mlx tune --{setting}"
+
+
 class StudyDialog(ModalScreen[StudySettings | None]):
     """Dismissed with the study's settings, or None (cancel)."""
 
@@ -105,7 +110,7 @@ class StudyDialog(ModalScreen[StudySettings | None]):
         notes = self.query_one("#study-notes", Static)
         try:
             chosen = self._chosen()
-            warnings = check_plan(self.cfg, self.space, chosen)
+            warnings = check_plan(self.cfg, self.space, chosen, dialog_name)
             if chosen.sampler == "grid":
                 self.space.grid()  # a continuous range cannot be a grid
         except C.ConfigError as e:
