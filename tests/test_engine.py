@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from engine import adapters, batches, checkpoint, config, data, models, protocol as P, run, trainer
+from engine import adapters as engine_adapters, batches, checkpoint, config, data, models, protocol as P, run, trainer
 
 DEMO = str(config.REPO_ROOT / "presets" / "demo.yaml")
 FAST = ["train.max_seq_length=64", "train.batch_size=4", "train.learning_rate=1e-3", "train.steps_per_report=1"]
@@ -114,9 +114,9 @@ def test_a_weights_only_resume_would_fail_the_parity_check(tmp_path):
     cfg = make_cfg(*RESUME_SETTINGS)
     loaded = checkpoint.load_latest(tmp_path / "b" / "checkpoints", cfg, lambda *a: None)
     model, tokenizer, _ = models.load(cfg.model)
-    adapters.apply_adapters(model, cfg)
-    adapters.load_adapter_weights(model, loaded.adapters, loaded.path)
-    optimizer = adapters.build_optimizer(cfg.train)
+    engine_adapters.apply_adapters(model, cfg)
+    engine_adapters.load_adapter_weights(model, loaded.adapters, loaded.path)
+    optimizer = engine_adapters.build_optimizer(cfg.train)
     splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4, mask_prompt=cfg.train.mask_prompt)
     stream = batches.BatchStream(splits["train"], 4, cfg.seed, 64)
     state = trainer.TrainState(step=6)
@@ -198,8 +198,8 @@ def test_resume_refuses_to_change_the_trajectory(tmp_path):
 def test_non_finite_loss_skips_updates_then_stops_without_saving_nan(tmp_path):
     cfg = make_cfg("train.iters=20", "train.max_bad_steps=3")
     model, tokenizer, _ = models.load(cfg.model)
-    adapters.apply_adapters(model, cfg)
-    optimizer = adapters.build_optimizer(cfg.train)
+    engine_adapters.apply_adapters(model, cfg)
+    optimizer = engine_adapters.build_optimizer(cfg.train)
     splits = data.load_splits(cfg.data.path, tokenizer, max_seq_length=64, batch_size=4, mask_prompt=cfg.train.mask_prompt)
     stream = batches.BatchStream(splits["train"], 4, cfg.seed, 64)
     before = {k: np.array(v) for k, v in __import__("mlx.utils", fromlist=["x"]).tree_flatten(model.trainable_parameters())}
