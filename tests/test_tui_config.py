@@ -151,3 +151,21 @@ async def test_picking_another_preset_loads_it(fake_env, tmp_path):
         assert app.main.query_one(f"#{editor_id('train.iters')}").value == "77"
         assert app.main.preset_name == "long"
         assert not row(app, "train.iters").has_class("-changed")
+
+
+@pilot_test
+async def test_keys_arriving_in_one_burst_edit_a_field_in_the_order_typed(fake_env):
+    """Over a slow SSH link several keys come in one packet: backspace, backspace, 4 must leave 4."""
+    from textual import events
+
+    app = make_app(fake_env)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("1")
+        field = app.main.query_one(f"#{editor_id('train.iters')}", Input)
+        field.value = "12"
+        field.focus()
+        field.cursor_position = 2
+        await pilot.pause()
+        for key, character in (("backspace", "\x7f"), ("backspace", "\x7f"), ("4", "4"), ("left", None), ("7", "7")):
+            app.post_message(events.Key(key, character))  # all queued before any is handled
+        await until(pilot, lambda: field.value == "74", what=f"'74' in the field (it holds {field.value!r})")

@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from tui import presets
+from tui.widgets.ordered_input import OrderedInput
 
 
 class SavePresetDialog(ModalScreen[str | None]):
@@ -19,7 +20,7 @@ class SavePresetDialog(ModalScreen[str | None]):
         with Vertical(classes="dialog"):
             yield Label("Save as a new preset", classes="dialog-title")
             yield Static("It goes to your preset folder, with only the keys that differ from the defaults.")
-            yield Input(placeholder="name, e.g. demo-rank16", id="preset-name")
+            yield OrderedInput(placeholder="name, e.g. demo-rank16", id="preset-name")
             yield Static("", id="name-error", classes="field-error")
             yield Static("enter: save   escape: cancel", classes="dialog-keys")
 

@@ -18,6 +18,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from engine import config as C, search
 from engine.study_plan import PLAN_FILE, PRUNERS, SAMPLERS, StudySettings, check_plan
 from tui.trials import Snapshot, TrialsReader
+from tui.widgets.ordered_input import OrderedInput
 
 DEFAULT_TRIALS = 20
 UI_RETRY = 1  # a trial stopped by quitting (or lost with its process) runs again when the study continues
@@ -50,7 +51,7 @@ class StudyDialog(ModalScreen[StudySettings | None]):
             yield Static(self._space_text(), classes="dialog-about")
             with Horizontal(classes="field-line"):
                 yield Label("trials", classes="field-label")
-                yield Input(str(s.trials), id="study-trials", type="integer", compact=True)
+                yield OrderedInput(str(s.trials), id="study-trials", type="integer", compact=True)
             with Horizontal(classes="field-line"):
                 yield Label("sampler", classes="field-label")
                 yield Select([(v, v) for v in SAMPLERS], value=s.sampler, allow_blank=False, compact=True, id="study-sampler")

@@ -21,6 +21,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from engine import config as C
+from tui.widgets.ordered_input import OrderedInput
 
 SIDES = {"tuned": "with the adapters", "base": "base model"}
 MAX_TOKENS = 96
@@ -46,7 +47,7 @@ class TryItScreen(ModalScreen[None]):
         with Vertical(classes="dialog"):
             name = f"{self.run_dir.parent.name}/{self.run_dir.name}" if self.which == "best" else self.run_dir.name
             yield Label(f"Try it: {name}, {self.which} adapters (enter: answer, escape: close)", classes="dialog-title")
-            yield Input(self.prompt, placeholder="a prompt", id="try-prompt")
+            yield OrderedInput(self.prompt, placeholder="a prompt", id="try-prompt")
             with Horizontal(id="try-answers"):
                 for side, title in SIDES.items():
                     with Vertical(classes="try-side"):

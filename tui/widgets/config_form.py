@@ -23,6 +23,7 @@ from textual.widgets import Input, Label, Select, Static, Switch
 from engine import config as C, search
 from tui import presets
 from tui.dialogs.save_preset import SavePresetDialog
+from tui.widgets.ordered_input import OrderedInput
 
 LOCK_BATCH = 6  # editors (un)locked per frame
 
@@ -49,7 +50,7 @@ def make_editor(key: str, value: Any) -> Widget:
     if kind == "bool":
         return Switch(value=bool(value), id=editor_id(key))
     placeholder = {"int": "an integer", "float": "a number", "list": "[a, b]"}.get(kind, "text")
-    return Input(presets.format_value(value), placeholder=placeholder, compact=True, id=editor_id(key))
+    return OrderedInput(presets.format_value(value), placeholder=placeholder, compact=True, id=editor_id(key))
 
 
 class ConfigForm(VerticalScroll):
