@@ -193,6 +193,8 @@ def list_runs(root: Path | None) -> int:
             print(f"{'':<40} {r.diagnosis}")
         if r.status == "failed" and r.error:
             print(f"{'':<40} {r.error.splitlines()[0]}")
+        if r.status in client.ACTIVE:
+            print(f"{'':<40} follow it with: lora-mlx attach {r.run_dir}")
         if r.status in ("died", "stopped", "failed"):
             if r.last_checkpoint:
                 print(f"{'':<40} continue with: lora-mlx resume {r.run_dir}")

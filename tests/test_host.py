@@ -128,6 +128,7 @@ def test_runs_lists_states(started, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "run" in result.stdout and "running" in result.stdout
+    assert f"follow it with: lora-mlx attach {run_dir}" in result.stdout
 
 
 def test_diagnosis_reads_the_last_memory_note():
