@@ -274,13 +274,13 @@ def _main(argv: list[str] | None) -> int:
                 args.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             run_dir = args.run_dir or new_run_dir(name)
             _install_stop_handlers(control)
-            with serving(run_dir.resolve(), control, printer) as emit:  # `lora-mlx attach RUN_DIR` follows it
+            with serving(run_dir.resolve(), control, printer, required=False) as emit:  # `lora-mlx attach RUN_DIR` follows it
                 run.start(cfg, run_dir, emit, control, stop_at=args.stop_at)
         else:
             run.load_run_config(args.run_dir, args.overrides)
             run.check_not_running(args.run_dir)
             _install_stop_handlers(control)
-            with serving(args.run_dir.resolve(), control, printer) as emit:
+            with serving(args.run_dir.resolve(), control, printer, required=False) as emit:
                 run.resume(args.run_dir, emit, control, args.overrides, stop_at=args.stop_at)
         return EXIT_OK
     except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError, UseError) as e:

@@ -92,18 +92,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def serving(run_dir: Path, control, show: Callable[[P.Event], None]) -> Iterator[Callable[[P.Event], None]]:
+def serving(run_dir: Path, control, show: Callable[[P.Event], None], required: bool = True) -> Iterator[Callable[[P.Event], None]]:
     """A run's socket and memory readings around its training; yields emit (show the event, then publish it).
 
     The detached host and `lora-mlx train` / `resume` in a terminal both serve their run,
-    so `lora-mlx attach` follows and controls either."""
+    so `lora-mlx attach` follows and controls either. A terminal run whose socket cannot
+    open (required=False) trains anyway, with a warning."""
     from engine import metrics
     from engine.run import RunRecord
     from engine.server import EventServer
 
-    server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
+    try:
+        server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
+    except OSError as e:
+        if required:
+            raise
+        show(P.LogMessage("warning", f"{e}: lora-mlx attach cannot follow this run; it trains here all the same"))
+        server = None
     record = RunRecord(run_dir)
-    record.update(pid=os.getpid(), socket=server.address, status="starting")
+    record.update(pid=os.getpid(), socket=server and server.address, status="starting")
+    publish = server.publish if server else (lambda event: None)
 
     def emit(event: P.Event) -> None:
         if isinstance(event, P.Paused):
@@ -111,15 +119,16 @@ def serving(run_dir: Path, control, show: Callable[[P.Event], None]) -> Iterator
         elif isinstance(event, P.Resumed):
             record.update(status="running")
         show(event)
-        server.publish(event)
+        publish(event)
 
     stop_sampling = threading.Event()
-    threading.Thread(target=_memory_sampler, args=(server.publish, record, stop_sampling), daemon=True).start()
+    threading.Thread(target=_memory_sampler, args=(publish, record, stop_sampling), daemon=True).start()
     try:
         yield emit
     finally:
         stop_sampling.set()
-        server.close()
+        if server:
+            server.close()
 
 
 def tune_main(study_dir: Path) -> int:

@@ -25,15 +25,16 @@ from engine import protocol as P
 MAX_QUEUED = 10_000  # events waiting for one slow client before it is dropped
 
 
-def socket_address(run_dir: Path) -> str:
-    """RUN_DIR/engine.sock, or a short path in a private temp dir when that is too long for AF_UNIX."""
+def socket_addresses(run_dir: Path) -> list[str]:
+    """Where a run's socket may be, in the order tried: RUN_DIR/engine.sock, then a short path in a
+    private temp folder (for a path too long for AF_UNIX, or a filesystem that cannot hold a socket)."""
     path = str(Path(run_dir).resolve() / "engine.sock")
-    if len(path.encode()) < 100:
-        return path
-    folder = Path(tempfile.gettempdir()) / f"lora-mlx-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return str(folder / (hashlib.sha1(path.encode()).hexdigest()[:16] + ".sock"))
+    private = str(_private_folder() / (hashlib.sha1(path.encode()).hexdigest()[:16] + ".sock"))
+    return [path, private] if len(path.encode()) < 100 else [private]
+
+
+def _private_folder() -> Path:
+    return Path(tempfile.gettempdir()) / f"lora-mlx-{os.getuid()}"
 
 
 def encode(message: P.Event | P.Command) -> bytes:
@@ -56,6 +57,16 @@ class _Subscriber:
             self.queue.put(item)
         self.alive = True
         self.thread = threading.Thread(target=self.send_loop, name="engine-send", daemon=True)
+        self._close_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the connection once: the sender (after its flush) and the reader (on EOF) may both ask."""
+        with self._close_lock:
+            if not self.conn.closed:
+                try:
+                    self.conn.close()
+                except OSError:
+                    pass
 
     def send_loop(self) -> None:
         """Send queued events; on a failed send stop sending, but leave the connection to the
@@ -67,21 +78,14 @@ class _Subscriber:
             self.alive = False
             return
         self.alive = False
-        self.conn.close()  # the engine is closing: queued events were flushed
+        self.close()  # the engine is closing: queued events were flushed
 
 
 class EventServer:
     """Broadcast events to attached clients and pass their commands to `on_command`."""
 
     def __init__(self, run_dir: Path, on_command: Callable[[P.Command], None], history: list[P.Event] = ()):
-        self.address = socket_address(run_dir)
-        if os.path.exists(self.address):
-            os.unlink(self.address)  # left by an engine that was killed
-        old_umask = os.umask(0o177)
-        try:
-            self.listener = Listener(self.address, family="AF_UNIX")
-        finally:
-            os.umask(old_umask)
+        self.address, self.listener = _listen(socket_addresses(run_dir))
         self.on_command = on_command
         self.history = [encode(e) for e in history]
         self.latest_memory: bytes | None = None
@@ -136,7 +140,7 @@ class EventServer:
             with self.lock:
                 if sub in self.subscribers:
                     self._drop(sub)
-            sub.conn.close()
+            sub.close()
 
     def close(self) -> None:
         """Flush what each client has queued, then close the socket."""
@@ -152,12 +156,35 @@ class EventServer:
             os.unlink(self.address)
 
 
+def _listen(addresses: list[str]) -> tuple[str, Listener]:
+    """Listen on the first address that takes a socket (only its owner may connect)."""
+    error: OSError | None = None
+    for address in addresses:
+        for stale in addresses:  # left by an engine that was killed; a client must not find it first
+            if os.path.exists(stale):
+                os.unlink(stale)
+        if Path(address).parent == _private_folder():
+            _private_folder().mkdir(mode=0o700, exist_ok=True)
+            os.chmod(_private_folder(), 0o700)
+        old_umask = os.umask(0o177)
+        try:
+            return address, Listener(address, family="AF_UNIX")
+        except OSError as e:
+            error = e
+        finally:
+            os.umask(old_umask)
+    raise OSError(f"cannot open the run's socket at {' or '.join(addresses)}: {error}")
+
+
 def connect(run_dir: Path) -> Connection:
     """Connect to a run's engine; raises ConnectionError if none is listening."""
-    address = socket_address(run_dir)
-    if not os.path.exists(address):
+    error: OSError | None = None
+    for address in socket_addresses(run_dir):
+        if os.path.exists(address):
+            try:
+                return Client(address, family="AF_UNIX")
+            except OSError as e:
+                error = e
+    if error is None:
         raise ConnectionError(f"no engine is listening for {run_dir}")
-    try:
-        return Client(address, family="AF_UNIX")
-    except OSError as e:
-        raise ConnectionError(f"cannot reach the engine for {run_dir}: {e}") from None
+    raise ConnectionError(f"cannot reach the engine for {run_dir}: {error}")

@@ -158,3 +158,47 @@ def test_run_json_keeps_every_update_when_the_memory_sampler_writes_beside_the_l
     data = RunRecord(tmp_path).read()
     assert all(data.get(f"{name}{i}") == i for name in ("loop", "sampler") for i in range(200))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temp file left behind
+
+
+def test_a_run_folder_that_cannot_hold_a_socket_gets_one_in_a_private_temp_folder(tmp_path, monkeypatch):
+    """Some network filesystems refuse Unix sockets: the run still serves, from the temp folder."""
+    import json
+
+    from engine import server
+
+    real_listener = server.Listener
+
+    def refusing_in_run_dirs(address, family):
+        if address.startswith(str(tmp_path)):
+            raise OSError(95, "Operation not supported")  # what an SMB mount says
+        return real_listener(address, family=family)
+
+    monkeypatch.setattr(server, "Listener", refusing_in_run_dirs)
+    engine = server.EventServer(tmp_path, lambda command: None, [P.LogMessage("info", "hello")])
+    try:
+        assert engine.address.startswith(str(server._private_folder()))
+        conn = server.connect(tmp_path)  # a client finds it without being told where
+        assert json.loads(conn.recv_bytes())["text"] == "hello"
+        conn.close()
+    finally:
+        engine.close()
+    assert not Path(engine.address).exists()
+
+
+def test_a_terminal_run_whose_socket_cannot_open_trains_anyway_with_a_warning(tmp_path, monkeypatch):
+    from engine import server
+    from engine.control import Control
+    from engine.host import serving
+
+    def refusing(address, family):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(server, "Listener", refusing)
+    shown = []
+    with serving(tmp_path, Control(), shown.append, required=False) as emit:
+        emit(P.LogMessage("info", "step"))
+    assert shown[0].level == "warning" and "lora-mlx attach cannot follow this run" in shown[0].text
+    assert shown[1].text == "step" and client.read_record(tmp_path)["socket"] is None
+    with pytest.raises(OSError, match="cannot open the run's socket"):  # the detached engine needs its socket
+        with serving(tmp_path, Control(), shown.append):
+            pass
