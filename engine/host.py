@@ -133,22 +133,85 @@ def serving(run_dir: Path, control, show: Callable[[P.Event], None], required: b
 
 def tune_main(study_dir: Path) -> int:
     """Host a study: trials one after another on this machine, until it is done or told to stop."""
+    from engine.tune import StudyControl
+    from engine.tune_cli import StudyPrinter
+
+    control = StudyControl()
+    signal.signal(signal.SIGTERM, lambda *_: control.stop())
+    try:
+        with serving_study(study_dir, control, StudyPrinter()) as emit:  # the socket opens before mlx loads
+            from engine import blas
+
+            for warning in blas.setup().warnings:
+                print(f"warning: {warning}", flush=True)
+            from engine.tune import read_plan, run_study
+
+            cfg, space, settings, preset = read_plan(study_dir)
+            run_study(cfg, space, settings, emit, control, preset=preset)
+        return 0
+    except BaseException as e:
+        code, reason = _study_failure(e)
+        print(f"error: {reason}", flush=True)
+        if code == 1:
+            import traceback
+
+            traceback.print_exc()
+        return code
+
+
+def _study_failure(e: BaseException) -> tuple[int, str]:
+    """A study that ended on an exception: its exit code and what to tell the user."""
+    from engine import checkpoint, models
+    from engine.config import ConfigError
+    from engine.data import DataError
+
+    if isinstance(e, (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError)):
+        return 2, str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "aborted; the trial that was running is marked failed, and a rerun continues the study"
+    return 1, f"the study stopped on an error: {type(e).__name__}: {e}"
+
+
+@contextmanager
+def serving_study(study_dir: Path, control, show: Callable[[P.Event], None], required: bool = True) -> Iterator[Callable[[P.Event], None]]:
+    """A study's socket, run.json and memory readings around `run_study`; yields emit.
+
+    The socket's history is the study's story plus the running trial, so a dashboard attaching
+    late sees the trials so far and the current curve. The dashboard's study process and
+    `lora-mlx tune` in a terminal (required=False) both serve their study. A second worker of
+    the same study on this machine leaves the socket to the first; a terminal worker whose
+    socket cannot open runs anyway."""
+    import fcntl
+
     from engine import metrics
     from engine.client import Story
     from engine.run import RunRecord
     from engine.server import EventServer
-    from engine.tune import StudyControl, read_plan
-    from engine.tune_cli import StudyPrinter
 
-    control = StudyControl()
-    server = EventServer(study_dir, control.submit)  # history: this session's study events and the running trial
     record = RunRecord(study_dir)
+    claim = open(study_dir / "host.lock", "a")  # held while this process hosts; the OS lets go if it dies
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        claim.close()
+        if required:
+            raise OSError(f"{study_dir}: another process (pid {record.read().get('pid')}) already hosts this study") from None
+        show(P.LogMessage("info", f"pid {record.read().get('pid')} serves this study to the dashboard; this worker adds trials beside it"))
+        yield show
+        return
+    try:
+        server = EventServer(study_dir, control.submit)  # its history: this session's study events and the running trial
+    except OSError as e:
+        claim.close()
+        if required:
+            raise
+        show(P.LogMessage("warning", f"{e}: lora-mlx attach cannot follow this study; it runs here all the same"))
+        yield show
+        return
     record.update(kind="study", pid=os.getpid(), socket=server.address, status="starting", exit_code=None)
     log = metrics.MetricsLog(study_dir)  # run_study records the study's events; a failure outside it is recorded here
-    printer = StudyPrinter()
     story: list[P.Event] = []  # the study's own events, and messages and a failure outside any trial
     where = Story()  # knows whether a trial is running
-    signal.signal(signal.SIGTERM, lambda *_: control.stop())
 
     def emit(event: P.Event) -> None:
         where.see(event)
@@ -157,46 +220,32 @@ def tune_main(study_dir: Path) -> int:
             record.update(status="running", trial=event.number, trial_dir=event.run_dir)
         elif isinstance(event, (P.Paused, P.Resumed)):
             record.update(status="paused" if isinstance(event, P.Paused) else "running")
+        elif isinstance(event, P.StudyFinished):
+            record.update(status="finished" if event.reason in ("done", "grid exhausted") else "stopped", best_val_loss=event.best_value)
         if isinstance(event, P.STUDY_EVENTS) or (isinstance(event, (P.RunFailed, P.LogMessage)) and not where.in_trial):
             story.append(event)
             if isinstance(event, P.RunFailed):
                 log.write(event)
-                print(f"error: {event.reason}", flush=True)
-        printer(event)
+        show(event)
         server.publish(event)
-
-    from engine import blas, checkpoint, models
-
-    for warning in blas.setup().warnings:
-        print(f"warning: {warning}", flush=True)
-    from engine.config import ConfigError
-    from engine.data import DataError
-    from engine.tune import run_study
 
     stop_sampling = threading.Event()
     threading.Thread(target=_memory_sampler, args=(server.publish, record, stop_sampling), daemon=True).start()
     exit_code = 1
     try:
-        cfg, space, settings, preset = read_plan(study_dir)
-        result = run_study(cfg, space, settings, emit, control, preset=preset)
-        record.update(status="finished" if result.reason in ("done", "grid exhausted") else "stopped", best_val_loss=result.best_value)
+        yield emit
         exit_code = 0
-    except (ConfigError, DataError, models.ModelError, checkpoint.CheckpointError) as e:
-        emit(P.RunFailed(step=0, reason=str(e)))
-        record.update(status="failed")
-        exit_code = 2
     except BaseException as e:
-        import traceback
-
-        traceback.print_exc()
-        emit(P.RunFailed(step=0, reason=f"the study stopped on an error: {type(e).__name__}: {e}"))
+        exit_code, reason = _study_failure(e)
+        emit(P.RunFailed(step=0, reason=reason))
         record.update(status="failed")
+        raise
     finally:
         stop_sampling.set()
         record.update(exit_code=exit_code)
         log.close()
         server.close()
-    return exit_code
+        claim.close()
 
 
 if __name__ == "__main__":

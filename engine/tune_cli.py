@@ -12,6 +12,7 @@ from pathlib import Path
 
 from engine import config as config_mod, protocol as P, search
 from engine.config import ConfigError
+from engine.host import serving_study
 from engine.protocol import StudyFinished, StudyStarted, TrialFinished, TrialStarted
 from engine.tune import PRUNERS, SAMPLERS, StudyControl, StudySettings, check_plan, run_study
 
@@ -80,7 +81,9 @@ def _tune(args) -> int:
     control = StudyControl()
     _install_stop_handlers(control)
     options = (f" --root {shlex.quote(str(args.root))}" if args.root else "") + (f" --storage {shlex.quote(_without_password(args.storage))}" if args.storage else "")
-    result = run_study(cfg, space, s, StudyPrinter(options), control, preset={"path": str(path), "keys": keys})
+    s.study_dir.mkdir(parents=True, exist_ok=True)
+    with serving_study(s.study_dir, control, StudyPrinter(options), required=False) as emit:  # lora-mlx attach follows it
+        result = run_study(cfg, space, s, emit, control, preset={"path": str(path), "keys": keys})
     nothing_learned = result.reason == "done" and not (result.complete or result.pruned)
     return EXIT_FAILED if result.reason == "failing" or nothing_learned else EXIT_OK
 

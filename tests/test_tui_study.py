@@ -213,14 +213,14 @@ async def test_t_refuses_while_a_run_is_active_and_names_a_bad_search_section(fa
 async def test_attaching_to_a_study_run_by_lora_mlx_tune_shows_its_stored_trials(fake_env):
     from tui_support import write_study
 
-    study_dir = write_study(fake_env.parent / "studies")  # as `lora-mlx tune` leaves it: no run.json, no socket
+    study_dir = write_study(fake_env.parent / "studies")  # as workers on other machines leave it: no run.json, no socket
     app = make_app(fake_env, attach=study_dir)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.main.study is not None and app.main.study.state == "watching", what="watching the study")
         board = app.main.query_one(TrialBoard)
         await until(pilot, lambda: len(board.rows) == 4, what="its trials")
         assert [r.number for r in board.rows] == [1, 0, 2, 3] and app.main.query_one(Boards).current == "trial-board"
-        await shows(pilot, app.main.query_one(StatusBar), "STUDY WATCHING", "its trials as stored (lora-mlx tune runs it)")
+        await shows(pilot, app.main.query_one(StatusBar), "STUDY WATCHING", "its trials as stored (no worker here serves it)")
         assert not app.main.busy  # nothing here to stop or pause
 
 

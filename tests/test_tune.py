@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -231,6 +232,57 @@ def test_kill_9_and_ctrl_c_then_the_same_command_continues_the_study(tmp_path):
     assert "stopping the study after this step" in out and "study p stopped" in out
     row = next(r for r in trials.leaderboard(study_dir) if r.number == interrupted)
     assert row.state == "failed" and row.reason.startswith("stopped at step ")
+
+
+def test_a_study_run_by_lora_mlx_tune_can_be_attached_to_and_stopped(tmp_path):
+    """`lora-mlx tune` in a terminal serves its study like the dashboard's study process does."""
+    preset = write_preset(tmp_path, PRUNE_SEARCH)
+    root, study_dir = tmp_path / "studies", tmp_path / "studies" / "p"
+    proc = lora_mlx_tune(preset, root, "--trials", "4", "--set", "train.steps_per_report=1", log=tmp_path / "t.log")
+    try:
+        watcher = client.EngineClient(study_dir)
+        watcher.connect(timeout_s=60)
+        seen: list[P.Event] = []
+
+        def wait_for(condition, what: str) -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                seen.extend(watcher.receive(0.2))
+                if condition():
+                    return
+            raise AssertionError(f"no {what}; saw {[type(e).__name__ for e in seen][-10:]}")
+
+        wait_for(lambda: any(isinstance(e, P.TrialStarted) for e in seen) and any(isinstance(e, P.StepReported) for e in seen), "running trial")
+        record = client.read_record(study_dir)
+        assert record["kind"] == "study" and record["pid"] == proc.pid and record["status"] == "running"
+        assert watcher.send(P.Stop())
+        wait_for(lambda: any(isinstance(e, P.StudyFinished) for e in seen), "end of the study")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = next(e for e in seen if isinstance(e, P.StudyFinished))
+    assert finished.reason == "stopped" and "study p stopped" in (tmp_path / "t.log").read_text()
+    record = client.read_record(study_dir)
+    assert record["status"] == "stopped" and record["exit_code"] == 0 and not Path(record["socket"]).exists()
+
+
+def test_one_worker_per_machine_serves_a_study(tmp_path):
+    """Several workers of one study on one machine: the first serves the socket, the others add trials beside it."""
+    from engine.host import serving_study
+
+    control, shown = tune.StudyControl(), []
+    with serving_study(tmp_path, control, shown.append) as emit:
+        with serving_study(tmp_path, control, shown.append, required=False) as second:
+            second(P.LogMessage("info", "a trial"))
+        with pytest.raises(OSError, match="already hosts this study"):
+            with serving_study(tmp_path, control, shown.append):
+                pass
+        emit(P.LogMessage("info", "the host's"))
+    assert [e.text for e in shown] == [f"pid {os.getpid()} serves this study to the dashboard; this worker adds trials beside it",
+                                      "a trial", "the host's"]
+    with serving_study(tmp_path, control, shown.append):  # the first has gone: the next one serves
+        assert client.read_record(tmp_path)["pid"] == os.getpid() and client.read_record(tmp_path)["status"] == "starting"
 
 
 def settings_error(tmp_path, search_text, **settings) -> str:

@@ -172,7 +172,7 @@ def from_files(run_dir: Path, exit_code: int | None = None) -> list[P.Event]:
         return history
     record = engine_client.read_record(run_dir)
     if engine_client.is_study(run_dir) and "pid" not in record:
-        history.append(P.LogMessage("info", "no study process of this dashboard runs here (lora-mlx tune runs its own); the trials show as they are stored"))
+        history.append(P.LogMessage("info", "no process on this machine serves this study (its workers run elsewhere); the trials show as they are stored"))
     elif engine_client.pid_alive(record.get("pid")):
         history.append(P.LogMessage("warning", f"the engine (pid {record.get('pid')}) is running but did not answer on its socket"))
     else:

@@ -376,9 +376,9 @@ class MainScreen(Screen):
         if str(message.run_dir) in (self.view.run_dir, self.study.study_dir if self.study else None):
             self.commands = None
         if self.study is not None and self.study.active and str(message.run_dir) == self.study.study_dir:
-            external = "pid" not in engine_client.read_record(Path(self.study.study_dir))  # lora-mlx tune workers keep no run.json
+            external = "pid" not in engine_client.read_record(Path(self.study.study_dir))  # only workers on other machines
             self.study.state = "watching" if external else "stopped"
-            self.study.detail = "its trials as stored (lora-mlx tune runs it)" if external else "no study process runs; t continues it"
+            self.study.detail = "its trials as stored (no worker here serves it)" if external else "no study process runs; t continues it"
             self.query_one(Boards).study_live = external
             if self.view.state == "starting":  # it was connecting: there is no trial to show
                 self.view = RunView()
