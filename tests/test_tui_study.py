@@ -106,7 +106,7 @@ async def test_importance_shows_once_five_trials_are_complete_and_enter_overlays
 
 @pilot_test
 async def test_quitting_stops_the_study_and_t_later_continues_it(fake_env, monkeypatch):
-    monkeypatch.setenv("FAKE_ENGINE_STEP_S", "0.02")
+    monkeypatch.setenv("FAKE_ENGINE_STEP_S", "0.05")  # 2 s a trial: the quit lands well before the study could end
     app = make_app(fake_env)
     async with app.run_test(size=(120, 40)) as pilot:
         short_trials(app)
@@ -149,7 +149,7 @@ async def test_detach_then_attach_shows_the_study_and_its_running_trial(fake_env
     app = make_app(fake_env)
     async with app.run_test(size=(120, 40)) as pilot:
         short_trials(app)
-        await open_study_dialog(pilot, trials="4", pruner="none")
+        await open_study_dialog(pilot, trials="8", pruner="none")  # more than can finish before the attach, even on a loaded machine
         await pilot.press("enter")
         await until(pilot, lambda: app.main.study is not None and app.main.study.done >= 1, timeout_s=60, what="a trial done")
         await pilot.press("q", "d")
@@ -159,7 +159,7 @@ async def test_detach_then_attach_shows_the_study_and_its_running_trial(fake_env
     again = make_app(fake_env, attach=study_dir)
     async with again.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: again.main.study is not None and again.main.study.trial is not None, what="the study's running trial")
-        assert again.main.study.name == "demo" and again.main.study.target == 4
+        assert again.main.study.name == "demo" and again.main.study.target == 8
         await until(pilot, lambda: len(again.main.view.train) >= 1 and "trial-" in again.main.view.run_dir, what="the trial's curve")
         await pilot.press("x")
         await until(pilot, lambda: again.main.study.state == "stopped", timeout_s=30, what="the study stopped")
