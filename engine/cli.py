@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("preset", nargs="?", default="demo")
 
     attach = sub.add_parser("attach", help="reopen the dashboard on a running run, with its whole history")
-    attach.add_argument("run_dir", type=Path, nargs="?", help="default: the newest run still going (else the newest run)")
+    attach.add_argument("run_dir", type=Path, nargs="?", help="a run or study folder; default: the newest run or study still going (else the newest run)")
 
     train = sub.add_parser("train", help="train a preset (a name in presets/ or a YAML path)")
     train.add_argument("preset", help="preset name (e.g. demo) or path to a YAML file")
@@ -211,13 +211,13 @@ def open_dashboard(args) -> int:
         run_dir = args.run_dir
         if run_dir is None:
             from engine import client
+            from engine.trials import studies_root
 
-            runs = client.list_runs(client.default_runs_root())
-            if not runs:
-                print(f"error: no runs under {client.default_runs_root()}; name one: lora-mlx attach RUN_DIR", file=sys.stderr)
+            run_dir = client.newest_to_attach(client.default_runs_root(), studies_root())
+            if run_dir is None:
+                print(f"error: no runs under {client.default_runs_root()} and no study going under {studies_root()}; "
+                      "name one: lora-mlx attach RUN_DIR", file=sys.stderr)
                 return EXIT_BAD_INPUT
-            active = [r for r in runs if r.status in client.ACTIVE]
-            run_dir = (active or runs)[0].run_dir  # the newest run still going, else the newest run
         return run_app(preset=None, attach=run_dir)
     return run_app(preset=getattr(args, "preset", "demo"))
 

@@ -197,3 +197,22 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     first, second = new_run_dir("my preset", tmp_path / "runs", now), new_run_dir("my preset", tmp_path / "runs", now)
     assert first.name == "my-preset-20260101-120000" and second.name == "my-preset-20260101-120000-2"
     assert first.is_dir() and second.is_dir() and oct(first.stat().st_mode & 0o777) == "0o700"
+
+
+def test_attach_without_a_folder_picks_the_newest_run_or_study_still_going(tmp_path):
+    from engine.client import newest_to_attach
+    from engine.run import RunRecord
+
+    runs, studies = tmp_path / "runs", tmp_path / "studies"
+    assert newest_to_attach(runs, studies) is None
+    for folder, fields in ((runs / "old", {"status": "finished"}), (runs / "new", {"status": "stopped"}),
+                           (studies / "demo", {"kind": "study", "status": "running", "pid": os.getpid()})):
+        folder.mkdir(parents=True)
+        RunRecord(folder).update(**fields)
+        time.sleep(0.01)  # distinct modification times
+    assert newest_to_attach(runs, studies) == studies / "demo"  # a study still going beats runs that ended
+    RunRecord(runs / "old").update(status="paused", pid=os.getpid())  # now the newest thing still going
+    assert newest_to_attach(runs, studies) == runs / "old"
+    RunRecord(runs / "old").update(status="finished")
+    RunRecord(studies / "demo").update(status="finished")
+    assert newest_to_attach(runs, studies) == runs / "old"  # nothing going: the newest run
