@@ -236,3 +236,20 @@ async def test_the_dialog_refuses_and_warns_in_its_own_words(fake_env):
         text = await shows(pilot, notes, "TPE picks its first 10 trials", "with trials 6 this")
         assert not dialog.query_one("#study-start").disabled and "--" not in text
         await pilot.press("escape")
+
+
+@pilot_test
+async def test_keys_typed_right_after_t_reach_the_trials_field(fake_env):
+    """t, 1, 2 in one SSH packet: the dialog is not up when 1 and 2 are handled, yet they are its trials."""
+    from textual import events
+
+    app = make_app(fake_env)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("escape")
+        for key in ("t", "1", "2"):
+            app.post_message(events.Key(key, key))  # all queued before any is handled
+        await until(pilot, lambda: isinstance(app.screen, StudyDialog), what="the study dialog")
+        field = app.screen.query_one("#study-trials")
+        await until(pilot, lambda: field.value == "12", what=f"'12' in the trials field (it holds {field.value!r})")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, StudyDialog)

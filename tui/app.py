@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -14,6 +15,7 @@ from textual.screen import Screen
 from engine import client as engine_client, config as C
 from tui import runs
 from tui.screens.main import MainScreen
+from tui.widgets.ordered_input import EarlyKeysToField
 
 
 class LoraApp(App[int]):
@@ -39,6 +41,12 @@ class LoraApp(App[int]):
     async def action_quit(self) -> None:
         """ctrl+q asks the same question as q when a run is active."""
         self.main.action_quit()
+
+    def on_key(self, event: events.Key) -> None:
+        """A key typed right after the one that opened a dialog, handled by nothing: it was meant for
+        the dialog's field (see EarlyKeysToField)."""
+        if isinstance(self.screen, EarlyKeysToField) and self.screen.is_early(event) and self.screen.take_early(event):
+            event.prevent_default()  # not also run as a binding
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

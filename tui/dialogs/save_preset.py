@@ -10,10 +10,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from tui import presets
-from tui.widgets.ordered_input import OrderedInput
+from tui.widgets.ordered_input import EarlyKeysToField, OrderedInput
 
 
-class SavePresetDialog(ModalScreen[str | None]):
+class SavePresetDialog(EarlyKeysToField, ModalScreen[str | None]):
+    EARLY_KEYS_FIELD = "#preset-name"
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel-save")]
 
     def compose(self) -> ComposeResult:

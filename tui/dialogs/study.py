@@ -18,7 +18,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from engine import config as C, search
 from engine.study_plan import PLAN_FILE, PRUNERS, SAMPLERS, StudySettings, check_plan
 from tui.trials import Snapshot, TrialsReader
-from tui.widgets.ordered_input import OrderedInput
+from tui.widgets.ordered_input import EarlyKeysToField, OrderedInput
 
 DEFAULT_TRIALS = 20
 UI_RETRY = 1  # a trial stopped by quitting (or lost with its process) runs again when the study continues
@@ -29,8 +29,10 @@ def dialog_name(setting: str) -> str:
     return setting if setting in ("trials", "sampler", "pruner") else f"lora-mlx tune --{setting}"
 
 
-class StudyDialog(ModalScreen[StudySettings | None]):
+class StudyDialog(EarlyKeysToField, ModalScreen[StudySettings | None]):
     """Dismissed with the study's settings, or None (cancel)."""
+
+    EARLY_KEYS_FIELD = "#study-trials"
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="study-cancel")]
 

@@ -21,13 +21,15 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from engine import config as C
-from tui.widgets.ordered_input import OrderedInput
+from tui.widgets.ordered_input import EarlyKeysToField, OrderedInput
 
 SIDES = {"tuned": "with the adapters", "base": "base model"}
 MAX_TOKENS = 96
 
 
-class TryItScreen(ModalScreen[None]):
+class TryItScreen(EarlyKeysToField, ModalScreen[None]):
+
+    EARLY_KEYS_FIELD = "#try-prompt"
     BINDINGS = [Binding("escape", "dismiss", "Close", id="close-try-it")]
 
     class Answer(Message):
