@@ -192,10 +192,15 @@ def serving_study(study_dir: Path, control, show: Callable[[P.Event], None], req
     claim = open(study_dir / "host.lock", "a")  # held while this process hosts; the OS lets go if it dies
     try:
         fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = False
+    except BlockingIOError:
+        held = True  # another process serves this study
     except OSError:
+        held = False  # a filesystem without flock: serve anyway (a second worker here may then take the socket over)
+    if held:
         claim.close()
         if required:
-            raise OSError(f"{study_dir}: another process (pid {record.read().get('pid')}) already hosts this study") from None
+            raise OSError(f"{study_dir}: another process (pid {record.read().get('pid')}) already hosts this study")
         show(P.LogMessage("info", f"pid {record.read().get('pid')} serves this study to the dashboard; this worker adds trials beside it"))
         yield show
         return
