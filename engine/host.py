@@ -100,15 +100,8 @@ def serving(run_dir: Path, control, show: Callable[[P.Event], None], required: b
     open (required=False) trains anyway, with a warning."""
     from engine import metrics
     from engine.run import RunRecord
-    from engine.server import EventServer
 
-    try:
-        server = EventServer(run_dir, control.submit, metrics.read_history(run_dir))
-    except OSError as e:
-        if required:
-            raise
-        show(P.LogMessage("warning", f"{e}: lora-mlx attach cannot follow this run; it trains here all the same"))
-        server = None
+    server = _open_server(run_dir, control, metrics.read_history(run_dir), show, required, "run; it trains")
     record = RunRecord(run_dir)
     record.update(pid=os.getpid(), socket=server and server.address, status="starting")
     publish = server.publish if server else (lambda event: None)
@@ -121,14 +114,36 @@ def serving(run_dir: Path, control, show: Callable[[P.Event], None], required: b
         show(event)
         publish(event)
 
-    stop_sampling = threading.Event()
-    threading.Thread(target=_memory_sampler, args=(publish, record, stop_sampling), daemon=True).start()
     try:
-        yield emit
+        with _sampling_memory(publish, record):
+            yield emit
     finally:
-        stop_sampling.set()
         if server:
             server.close()
+
+
+def _open_server(folder: Path, control, history: list[P.Event], show, required: bool, what: str):
+    """The folder's EventServer; when its socket cannot open and one is not required, a warning and None."""
+    from engine.server import EventServer
+
+    try:
+        return EventServer(folder, control.submit, history)
+    except OSError as e:
+        if required:
+            raise
+        show(P.LogMessage("warning", f"{e}: lora-mlx attach cannot follow this {what} here all the same"))
+        return None
+
+
+@contextmanager
+def _sampling_memory(publish, record) -> Iterator[None]:
+    """Memory readings published a few times a second while the block runs (see _memory_sampler)."""
+    stop = threading.Event()
+    threading.Thread(target=_memory_sampler, args=(publish, record, stop), daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def tune_main(study_dir: Path) -> int:
@@ -186,7 +201,6 @@ def serving_study(study_dir: Path, control, show: Callable[[P.Event], None], req
     from engine import metrics
     from engine.client import Story
     from engine.run import RunRecord
-    from engine.server import EventServer
 
     record = RunRecord(study_dir)
     claim = open(study_dir / "host.lock", "a")  # held while this process hosts; the OS lets go if it dies
@@ -204,13 +218,13 @@ def serving_study(study_dir: Path, control, show: Callable[[P.Event], None], req
         show(P.LogMessage("info", f"pid {record.read().get('pid')} serves this study to the dashboard; this worker adds trials beside it"))
         yield show
         return
-    try:
-        server = EventServer(study_dir, control.submit)  # its history: this session's study events and the running trial
-    except OSError as e:
+    try:  # the server's history: this session's study events and the running trial
+        server = _open_server(study_dir, control, [], show, required, "study; it runs")
+    except OSError:
         claim.close()
-        if required:
-            raise
-        show(P.LogMessage("warning", f"{e}: lora-mlx attach cannot follow this study; it runs here all the same"))
+        raise
+    if server is None:
+        claim.close()
         yield show
         return
     record.update(kind="study", pid=os.getpid(), socket=server.address, status="starting", exit_code=None)
@@ -226,7 +240,7 @@ def serving_study(study_dir: Path, control, show: Callable[[P.Event], None], req
         elif isinstance(event, (P.Paused, P.Resumed)):
             record.update(status="paused" if isinstance(event, P.Paused) else "running")
         elif isinstance(event, P.StudyFinished):
-            record.update(status="finished" if event.reason in ("done", "grid exhausted") else "stopped", best_val_loss=event.best_value)
+            record.update(status=event.status, best_val_loss=event.best_value)
         if isinstance(event, P.STUDY_EVENTS) or (isinstance(event, (P.RunFailed, P.LogMessage)) and not where.in_trial):
             story.append(event)
             if isinstance(event, P.RunFailed):
@@ -234,11 +248,10 @@ def serving_study(study_dir: Path, control, show: Callable[[P.Event], None], req
         show(event)
         server.publish(event)
 
-    stop_sampling = threading.Event()
-    threading.Thread(target=_memory_sampler, args=(server.publish, record, stop_sampling), daemon=True).start()
     exit_code = 1
     try:
-        yield emit
+        with _sampling_memory(server.publish, record):
+            yield emit
         exit_code = 0
     except BaseException as e:
         exit_code, reason = _study_failure(e)
@@ -246,7 +259,6 @@ def serving_study(study_dir: Path, control, show: Callable[[P.Event], None], req
         record.update(status="failed")
         raise
     finally:
-        stop_sampling.set()
         record.update(exit_code=exit_code)
         log.close()
         server.close()

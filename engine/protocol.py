@@ -162,6 +162,11 @@ class StudyFinished(Event):
     best_adapter_path: str | None
     reason: str  # done, stopped, timeout, grid exhausted, failing
 
+    @property
+    def status(self) -> str:
+        """finished when the study reached its end (its trials, or the whole grid); else stopped (t continues it)."""
+        return "finished" if self.reason in ("done", "grid exhausted") else "stopped"
+
 
 @dataclass(frozen=True)
 class EngineGone(Event):

@@ -283,7 +283,7 @@ class StudyView:
 
     study_dir: str
     name: str = ""
-    state: str = "starting"  # starting, running, stopping, finished, stopped, failed; watching (run by lora-mlx tune)
+    state: str = "starting"  # starting, running, stopping, finished, stopped, failed; watching (no worker here serves it)
     target: int = 0
     done: int = 0
     trial: int | None = None  # the trial running now
@@ -316,7 +316,7 @@ class StudyView:
             return [f"trial {e.number} failed: {e.reason}"]
         if isinstance(e, P.StudyFinished):
             self.summary, self.trial = e, None
-            self.state = "finished" if e.reason in ("done", "grid exhausted") else "stopped"
+            self.state = e.status
             self.detail = {"done": "all trials done", "grid exhausted": "the grid is done", "stopped": "t continues it",
                            "timeout": "timed out; t continues it", "failing": "trials keep failing; see the log"}.get(e.reason, e.reason)
             lines = [f"study {e.study} {self.state}: {e.complete} complete, {e.pruned} pruned, {e.failed} failed"]
