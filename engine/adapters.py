@@ -11,19 +11,20 @@ from engine import checkpoint
 from engine.config import Config, ConfigError
 
 
+def lora_parameters(cfg: Config) -> dict:
+    """mlx-lm's lora_parameters: what `linear_to_lora_layers` builds and adapter_config.json records."""
+    params = {"rank": cfg.lora.rank, "scale": cfg.lora.alpha / cfg.lora.rank, "dropout": cfg.lora.dropout}
+    if cfg.lora.keys:
+        params["keys"] = list(cfg.lora.keys)
+    return params
+
+
 def adapter_config(cfg: Config, num_layers: int, model_dir: Path) -> dict:
     """adapter_config.json in mlx-lm's shape, so `mlx_lm.generate --adapter-path` loads it."""
-    lora_parameters = {
-        "rank": cfg.lora.rank,
-        "scale": cfg.lora.alpha / cfg.lora.rank,
-        "dropout": cfg.lora.dropout,
-    }
-    if cfg.lora.keys:
-        lora_parameters["keys"] = list(cfg.lora.keys)
     return {
         "fine_tune_type": cfg.fine_tune_type,
         "num_layers": num_layers,
-        "lora_parameters": lora_parameters,
+        "lora_parameters": lora_parameters(cfg),
         "model": cfg.model,
         "model_path": str(model_dir),
     }
@@ -61,11 +62,9 @@ def apply_adapters(model, cfg: Config) -> int:
         return num_layers
     model.freeze()
     mx.random.seed(cfg.seed)  # adapter init draws from mlx's RNG
-    params = {"rank": cfg.lora.rank, "scale": cfg.lora.alpha / cfg.lora.rank, "dropout": cfg.lora.dropout}
     if cfg.lora.keys:
-        params["keys"] = list(cfg.lora.keys)
         _check_lora_keys(model, cfg.lora.keys)
-    linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
+    linear_to_lora_layers(model, num_layers, lora_parameters(cfg), use_dora=cfg.fine_tune_type == "dora")
     return num_layers
 
 
