@@ -181,10 +181,10 @@ def list_runs(root: Path) -> list[RunInfo]:
 
 def newest_to_attach(runs_root: Path, studies_root: Path) -> Path | None:
     """What `lora-mlx attach` opens when not told: the newest run or study still going, else the newest run."""
-    going = [r for r in list_runs(runs_root) + list_runs(studies_root) if r.status in ACTIVE]
+    runs = list_runs(runs_root)
+    going = [r for r in runs + list_runs(studies_root) if r.status in ACTIVE]
     if going:
         return max(going, key=lambda r: (r.run_dir / "run.json").stat().st_mtime).run_dir
-    runs = list_runs(runs_root)
     return runs[0].run_dir if runs else None
 
 

@@ -158,11 +158,11 @@ class EventServer:
 
 def _listen(addresses: list[str]) -> tuple[str, Listener]:
     """Listen on the first address that takes a socket (only its owner may connect)."""
+    for stale in addresses:  # left by an engine that was killed; a client must not find it first
+        if os.path.exists(stale):
+            os.unlink(stale)
     error: OSError | None = None
     for address in addresses:
-        for stale in addresses:  # left by an engine that was killed; a client must not find it first
-            if os.path.exists(stale):
-                os.unlink(stale)
         if Path(address).parent == _private_folder():
             _private_folder().mkdir(mode=0o700, exist_ok=True)
             os.chmod(_private_folder(), 0o700)
