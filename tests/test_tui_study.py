@@ -253,3 +253,12 @@ async def test_keys_typed_right_after_t_reach_the_trials_field(fake_env):
         await until(pilot, lambda: field.value == "12", what=f"'12' in the trials field (it holds {field.value!r})")
         await pilot.press("escape")
         assert not isinstance(app.screen, StudyDialog)
+
+
+def test_the_board_follows_the_folder_t_uses_even_for_a_preset_name_with_spaces(monkeypatch, tmp_path):
+    from tui import trials
+    from tui.dialogs.study import settings_for
+
+    monkeypatch.setenv("LORA_MLX_STUDIES", str(tmp_path))
+    t_uses = settings_for(trials.study_name("my preset"), trials.studies_root().resolve()).study_dir
+    assert trials.study_dir_for("my preset") == t_uses == (tmp_path / "my-preset").resolve()

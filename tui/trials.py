@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine import client as engine_client
 from engine.config import ConfigError
+from engine.study_plan import StudySettings
 from engine.trials import TrialRow, studies_root
 from engine.client import folder_name
 
@@ -42,9 +43,9 @@ def _mtime(study_dir: Path) -> float:
     return max((p.stat().st_mtime for p in (study_dir / "study.db", study_dir / "metrics.jsonl") if p.exists()), default=0.0)
 
 
-def study_dir_for(name: str, root: Path | None = None) -> Path:
-    """Where the study of this name lives (the same rule as `lora-mlx tune`)."""
-    return ((root or studies_root()) / name).resolve()
+def study_dir_for(preset_name: str) -> Path:
+    """Where `t` keeps the study of this preset (StudySettings' rule, as `lora-mlx tune` does)."""
+    return StudySettings(name=study_name(preset_name)).study_dir
 
 
 class TrialsReader:

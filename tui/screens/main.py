@@ -431,7 +431,7 @@ class MainScreen(Screen):
         self.preset_name = message.preset_name
         self._show(Update(state=True))
         if not self.busy and not message.preset_name.startswith(("run ", "study ")):
-            self._follow_study(trials.study_dir_for(trials.study_name(self.preset_name)), switch=False)
+            self._follow_study(trials.study_dir_for(self.preset_name), switch=False)
 
     @on(Boards.OverlayChanged)
     def _overlay_changed(self, message: Boards.OverlayChanged) -> None:
